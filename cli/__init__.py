@@ -1,0 +1,1 @@
+"""The `netroller` command line (typer)."""

@@ -1,0 +1,1 @@
+"""nuScenes data: the synthetic generator, devkit access and the sample index."""

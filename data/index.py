@@ -1,0 +1,288 @@
+"""The sample index: one Parquet row per nuScenes keyframe, in VAD's conventions.
+
+`prepare` walks the devkit once and writes this file; every later stage reads it instead of the devkit.
+This module is the contract between them: the column set, the array shapes and the frames.
+
+Frames and conventions (VAD's):
+- "lidar frame" is the LIDAR_TOP sensor frame of the sample: x to the right, y forward, z up.
+- Boxes are `(x, y, z, w, l, h, yaw, vx, vy)`: geometric centre, nuScenes width/length/height, yaw the
+  heading in the lidar frame counter-clockwise from +x, velocity in m/s in the lidar frame.
+- Trajectories are positions (not per-step offsets) at 0.5 s steps: the ego's relative to the ego's current
+  lidar origin, each agent's relative to that agent's current centre, both in the sample's lidar frame.
+- `command`: 0 = turn right, 1 = turn left, 2 = go straight (from the ego position at 3 s: x >= 2 right,
+  x <= -2 left).
+- Map vectors: `(M, 20, 2)` points in the lidar frame, labels in `MAP_CLASSES` order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from netroller.errors import DataError, MissingPathError
+from netroller.storage.atomic import atomic_path
+
+INDEX_FORMAT_VERSION = 1
+METADATA_KEY = b"netroller.index"
+
+# VAD's camera order.
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+# nuScenes detection classes in VAD's order; `gt_labels` index into this.
+DETECTION_CLASSES = (
+    "car",
+    "truck",
+    "construction_vehicle",
+    "bus",
+    "trailer",
+    "barrier",
+    "motorcycle",
+    "bicycle",
+    "pedestrian",
+    "traffic_cone",
+)
+MAP_CLASSES = ("divider", "ped_crossing", "boundary")
+FUT_STEPS = 6  # 3 s at 2 Hz
+HIS_STEPS = 2
+MAP_POINTS = 20
+COMMANDS = ("turn_right", "turn_left", "straight")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRecord:
+    """One keyframe sample, everything later stages need from the devkit."""
+
+    sample_token: str
+    scene_token: str
+    scene_name: str
+    split: str  # "train" | "val" | "test" (devkit's mini_train maps to "train", mini_val to "val")
+    frame_index: int  # 0-based position of this keyframe in its scene
+    timestamp: int  # microseconds
+    map_name: str
+    cam_paths: tuple[str, ...]  # 6, relative to the dataroot, in CAMERAS order
+    cam_image_sizes: np.ndarray  # (6, 2) int64: width, height
+    cam_intrinsics: np.ndarray  # (6, 3, 3)
+    cam_to_lidar: np.ndarray  # (6, 4, 4) camera sensor frame -> lidar frame
+    lidar_to_ego: np.ndarray  # (4, 4)
+    ego_to_global: np.ndarray  # (4, 4)
+    ego_velocity: np.ndarray  # (2,) m/s in the lidar frame
+    ego_his_traj: np.ndarray  # (2, 2) past positions at -1.0 s, -0.5 s, lidar frame
+    ego_his_mask: np.ndarray  # (2,)
+    ego_fut_traj: np.ndarray  # (6, 2) future positions at 0.5 .. 3.0 s, lidar frame
+    ego_fut_mask: np.ndarray  # (6,) 1 where that future keyframe exists
+    command: int
+    gt_boxes: np.ndarray  # (N, 9) x, y, z, w, l, h, yaw, vx, vy
+    gt_labels: np.ndarray  # (N,) int64 into DETECTION_CLASSES
+    gt_num_lidar_pts: np.ndarray  # (N,) int64
+    gt_instance_tokens: tuple[str, ...]  # N
+    gt_fut_traj: np.ndarray  # (N, 6, 2) positions relative to each agent's current centre
+    gt_fut_mask: np.ndarray  # (N, 6)
+    map_vectors: np.ndarray  # (M, 20, 2)
+    map_labels: np.ndarray  # (M,) int64 into MAP_CLASSES
+
+    def lidar_to_image(self) -> np.ndarray:
+        """(6, 4, 4) projection from the lidar frame to pixel coordinates (homogeneous), per camera."""
+        out = np.zeros((len(CAMERAS), 4, 4), dtype=np.float64)
+        for i in range(len(CAMERAS)):
+            viewpad = np.eye(4)
+            viewpad[:3, :3] = self.cam_intrinsics[i]
+            out[i] = viewpad @ np.linalg.inv(self.cam_to_lidar[i])
+        return out
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.gt_boxes.shape[0])
+
+
+# Array fields: dtype and trailing shape. A leading dimension of None is per-sample (N boxes, M vectors);
+# its length is recovered from the flat list and the trailing shape.
+_ARRAY_FIELDS: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {
+    "cam_image_sizes": (np.dtype(np.int64), (6, 2)),
+    "cam_intrinsics": (np.dtype(np.float64), (6, 3, 3)),
+    "cam_to_lidar": (np.dtype(np.float64), (6, 4, 4)),
+    "lidar_to_ego": (np.dtype(np.float64), (4, 4)),
+    "ego_to_global": (np.dtype(np.float64), (4, 4)),
+    "ego_velocity": (np.dtype(np.float32), (2,)),
+    "ego_his_traj": (np.dtype(np.float32), (HIS_STEPS, 2)),
+    "ego_his_mask": (np.dtype(np.float32), (HIS_STEPS,)),
+    "ego_fut_traj": (np.dtype(np.float32), (FUT_STEPS, 2)),
+    "ego_fut_mask": (np.dtype(np.float32), (FUT_STEPS,)),
+    "gt_boxes": (np.dtype(np.float32), (None, 9)),
+    "gt_labels": (np.dtype(np.int64), (None,)),
+    "gt_num_lidar_pts": (np.dtype(np.int64), (None,)),
+    "gt_fut_traj": (np.dtype(np.float32), (None, FUT_STEPS, 2)),
+    "gt_fut_mask": (np.dtype(np.float32), (None, FUT_STEPS)),
+    "map_vectors": (np.dtype(np.float32), (None, MAP_POINTS, 2)),
+    "map_labels": (np.dtype(np.int64), (None,)),
+}
+_STR_LIST_FIELDS = ("cam_paths", "gt_instance_tokens")
+_SCALAR_FIELDS: dict[str, pa.DataType] = {
+    "sample_token": pa.string(),
+    "scene_token": pa.string(),
+    "scene_name": pa.string(),
+    "split": pa.string(),
+    "frame_index": pa.int64(),
+    "timestamp": pa.int64(),
+    "map_name": pa.string(),
+    "command": pa.int64(),
+}
+COLUMNS = tuple(f.name for f in fields(SampleRecord))
+
+
+def _arrow_type(name: str) -> pa.DataType:
+    if name in _SCALAR_FIELDS:
+        return _SCALAR_FIELDS[name]
+    if name in _STR_LIST_FIELDS:
+        return pa.list_(pa.string())
+    dtype, _ = _ARRAY_FIELDS[name]
+    return pa.list_(pa.from_numpy_dtype(dtype))
+
+
+SCHEMA = pa.schema([pa.field(name, _arrow_type(name)) for name in COLUMNS])
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexMeta:
+    """What the index was built from; stored in the Parquet schema metadata."""
+
+    dataroot: str
+    version: str
+    format_version: int = INDEX_FORMAT_VERSION
+
+
+def _check_array(record: SampleRecord, name: str) -> np.ndarray:
+    dtype, trailing = _ARRAY_FIELDS[name]
+    arr = np.asarray(getattr(record, name))
+    fixed = tuple(d for d in trailing if d is not None)
+    ok = arr.ndim == len(trailing) and arr.shape[len(trailing) - len(fixed) :] == fixed
+    if not ok:
+        raise DataError(
+            f"sample {record.sample_token}: field {name} has shape {arr.shape}, expected {trailing}"
+        )
+    return arr.astype(dtype, copy=False).reshape(-1)
+
+
+def write_index(records: Iterable[SampleRecord], path: str | Path, meta: IndexMeta) -> Path:
+    """Write the index atomically (a reader sees the old file or the whole new one)."""
+    records = list(records)
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    for rec in records:
+        for name in COLUMNS:
+            if name in _ARRAY_FIELDS:
+                columns[name].append(_check_array(rec, name))
+            elif name in _STR_LIST_FIELDS:
+                columns[name].append(list(getattr(rec, name)))
+            else:
+                columns[name].append(getattr(rec, name))
+    arrays = [pa.array(columns[name], type=SCHEMA.field(name).type) for name in COLUMNS]
+    meta_json = json.dumps(
+        {"dataroot": meta.dataroot, "version": meta.version, "format_version": meta.format_version}
+    )
+    table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({METADATA_KEY: meta_json.encode()}))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+class Index:
+    """An index loaded in memory: records in file order, lookup by token, split selection."""
+
+    def __init__(self, records: Sequence[SampleRecord], meta: IndexMeta, path: Path):
+        self.records = list(records)
+        self.meta = meta
+        self.path = path
+        self._by_token = {r.sample_token: i for i, r in enumerate(self.records)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, token: str) -> SampleRecord:
+        return self.records[self._by_token[token]]
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._by_token
+
+    def position(self, token: str) -> int:
+        return self._by_token[token]
+
+    def split(self, name: str) -> list[SampleRecord]:
+        """Records of one split ("train", "val", "test"), or all for "all"."""
+        if name == "all":
+            return list(self.records)
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)} or 'all'")
+        return [r for r in self.records if r.split == name]
+
+    def scene_neighbour(self, token: str, offset: int) -> SampleRecord | None:
+        """The keyframe `offset` positions away in the same scene, or None past the scene's ends."""
+        rec = self[token]
+        j = self._by_token[token] + offset
+        if 0 <= j < len(self.records):
+            other = self.records[j]
+            if other.scene_token == rec.scene_token and other.frame_index == rec.frame_index + offset:
+                return other
+        return None
+
+    def dataroot(self, override: str | Path | None = None) -> Path:
+        return Path(override) if override is not None else Path(self.meta.dataroot)
+
+
+def read_index(path: str | Path) -> Index:
+    """Load an index written by `write_index`; refuses files of another format or missing columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError(f"index file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet index ({err})") from err
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise DataError(f"{path}: not a netroller index (no '{METADATA_KEY.decode()}' metadata)")
+    meta_d = json.loads(raw)
+    if meta_d.get("format_version") != INDEX_FORMAT_VERSION:
+        raise DataError(
+            f"{path}: index format version {meta_d.get('format_version')} is not supported "
+            f"(this netroller reads version {INDEX_FORMAT_VERSION}); re-run `netroller prepare`"
+        )
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: index lacks columns {', '.join(missing)}")
+    meta = IndexMeta(dataroot=meta_d["dataroot"], version=meta_d["version"])
+    cols = {name: table.column(name).to_pylist() for name in COLUMNS}
+    records = []
+    for i in range(table.num_rows):
+        kw = {}
+        for name in COLUMNS:
+            value = cols[name][i]
+            if name in _ARRAY_FIELDS:
+                dtype, trailing = _ARRAY_FIELDS[name]
+                fixed = tuple(d for d in trailing if d is not None)
+                arr = np.asarray(value, dtype=dtype)
+                kw[name] = arr.reshape((-1, *fixed) if None in trailing else fixed)
+            elif name in _STR_LIST_FIELDS:
+                kw[name] = tuple(value)
+            else:
+                kw[name] = value
+        records.append(SampleRecord(**kw))
+    return Index(records, meta, path)
+
+
+def file_hash(path: str | Path, *, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes (the index hash in a cache key)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Evaluation metrics (planning, detection, map) as pure functions, outside the models."""

@@ -1,0 +1,1 @@
+"""Models: the GM wrapper, the VAD specialized model and the NetRoller adapter."""

@@ -1,0 +1,1 @@
+"""The specialized model (SM): a compact VAD in plain PyTorch."""

@@ -1,0 +1,1 @@
+"""Stage functions (prepare, harvest, train, eval), each a plain function with a typed config."""

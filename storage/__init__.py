@@ -1,0 +1,1 @@
+"""The latent cache (Zarr v3 shards + Parquet manifest + provenance) and atomic file helpers."""
