@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 a NetrollerError, 1 anything unexpected)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except NetrollerError as err:
         if debug:
             raise
@@ -65,17 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except Exception as err:  # click usage errors come here as ClickException
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors (typer's ClickException: bad option, missing argument) print their own message.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
         if debug:
             raise
         typer.echo(f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for the traceback)", err=True)
         return 1
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
