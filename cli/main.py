@@ -21,9 +21,7 @@ import typer
 from netroller.errors import NetrollerError
 
 # Command modules, each with `register(app: typer.Typer) -> None`.
-_COMMAND_MODULES = (
-    "netroller.cli.data_cmd",
-)
+_COMMAND_MODULES = ("netroller.cli.data_cmd",)
 
 app = typer.Typer(
     name="netroller",
@@ -72,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             return err.exit_code
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for the traceback)", err=True)
+        typer.echo(
+            f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for the traceback)", err=True
+        )
         return 1
     return result if isinstance(result, int) else 0
 

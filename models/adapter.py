@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from netroller.errors import ConfigError
 
 
-class AdapterMode(str, Enum):
+class AdapterMode(StrEnum):
     BIAS = "bias"
     TF = "tf"
 
 
-class ShiftPlace(str, Enum):
+class ShiftPlace(StrEnum):
     QUERY = "query"  # BEV queries, before the BEV encoder
     FEATURE = "feature"  # BEV features, after the BEV encoder
 
@@ -42,7 +42,9 @@ class AdapterConfig:
     out_dim: int = 256  # the SM's width (VAD: 256)
     mode: AdapterMode = AdapterMode.BIAS
     shift: ShiftPlace = ShiftPlace.QUERY
-    heads: int | None = None  # cross-attention heads; None: 32 where H_gm allows (the paper's 4096), else fewer
+    heads: int | None = (
+        None  # cross-attention heads; None: 32 where H_gm allows (the paper's 4096), else fewer
+    )
     layer_embedding: bool = True  # the positional layer embedding (ablation: off)
     dropout: float = 0.1
     fuse_heads: int = 8  # TF mode: heads of the BEV -> roller cross-attention
@@ -56,7 +58,9 @@ class AdapterConfig:
         if self.heads is not None and (self.heads < 1 or self.gm_hidden % self.heads):
             raise ConfigError(f"AdapterConfig.heads={self.heads} must divide gm_hidden={self.gm_hidden}")
         if self.out_dim % self.fuse_heads:
-            raise ConfigError(f"AdapterConfig.fuse_heads={self.fuse_heads} must divide out_dim={self.out_dim}")
+            raise ConfigError(
+                f"AdapterConfig.fuse_heads={self.fuse_heads} must divide out_dim={self.out_dim}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -73,7 +77,11 @@ class AdapterConfig:
 
 def _mlp(width: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(width, 2 * width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(2 * width, width), nn.Dropout(dropout)
+        nn.Linear(width, 2 * width),
+        nn.SiLU(),
+        nn.Dropout(dropout),
+        nn.Linear(2 * width, width),
+        nn.Dropout(dropout),
     )
 
 
@@ -155,7 +163,9 @@ class NetRoller(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.adapter = NetRollerAdapter(cfg)
-        self.fusion = RollerFusion(cfg.out_dim, cfg.fuse_heads, cfg.dropout) if cfg.mode is AdapterMode.TF else None
+        self.fusion = (
+            RollerFusion(cfg.out_dim, cfg.fuse_heads, cfg.dropout) if cfg.mode is AdapterMode.TF else None
+        )
 
     def shift(self, hidden: Tensor, length: Tensor, present: Tensor) -> NetRollerShift:
         b, n_layers, t, _ = hidden.shape

@@ -118,7 +118,11 @@ def test_mismatched_latent_width_is_refused():
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"heads": 5}, "heads=5 must divide"), ({"gm_layers": 0}, "gm_layers must be >= 1"), ({"mode": "big"}, "big")],
+    [
+        ({"heads": 5}, "heads=5 must divide"),
+        ({"gm_layers": 0}, "gm_layers must be >= 1"),
+        ({"mode": "big"}, "big"),
+    ],
 )
 def test_bad_adapter_config_is_refused(kw, match):
     with pytest.raises((ConfigError, ValueError), match=match):
