@@ -1,0 +1,102 @@
+"""manifest.parquet: which sample lies in which row and shard of the cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from netroller.errors import CacheError, DataError
+from netroller.storage.atomic import atomic_path
+from netroller.storage.schema import MANIFEST_FILE, ManifestRow
+
+SCHEMA = pa.schema(
+    [
+        ("sample_token", pa.string()),
+        ("row", pa.int64()),
+        ("shard", pa.int64()),
+        ("scene_token", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp", pa.int64()),
+    ]
+)
+
+
+def check_manifest(rows: Sequence[ManifestRow]) -> None:
+    """DataError for an empty manifest or a repeated sample token."""
+    if not rows:
+        raise DataError("the cache manifest is empty: no samples to cache")
+    seen: set[str] = set()
+    for row in rows:
+        if row.sample_token in seen:
+            raise DataError(f"the cache manifest lists sample_token {row.sample_token!r} twice")
+        seen.add(row.sample_token)
+
+
+def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
+    """Hash of the rows in order; equal manifests give equal hashes."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r.sample_token}\x1f{r.scene_token}\x1f{r.frame_index}\x1f{r.timestamp}\x1e".encode())
+    return h.hexdigest()
+
+
+def write_manifest(root: Path, rows: Sequence[ManifestRow], shard_size: int) -> None:
+    n = len(rows)
+    table = pa.Table.from_arrays(
+        [
+            pa.array([r.sample_token for r in rows], pa.string()),
+            pa.array(np.arange(n, dtype=np.int64)),
+            pa.array(np.arange(n, dtype=np.int64) // shard_size),
+            pa.array([r.scene_token for r in rows], pa.string()),
+            pa.array([int(r.frame_index) for r in rows], pa.int64()),
+            pa.array([int(r.timestamp) for r in rows], pa.int64()),
+        ],
+        schema=SCHEMA,
+    )
+    with atomic_path(Path(root) / MANIFEST_FILE) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_manifest(root: str | Path, *, samples: int, shard_size: int) -> list[ManifestRow]:
+    """Load and check the manifest against the layout; CacheError naming the path when it is malformed."""
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise CacheError(f"cache manifest {path} is missing")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise CacheError(f"cache manifest {path} is not readable Parquet: {err}") from err
+    missing = [f.name for f in SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise CacheError(f"cache manifest {path} has no column {missing[0]!r}")
+    if table.num_rows != samples:
+        raise CacheError(f"cache manifest {path} has {table.num_rows} rows, cache.json says {samples}")
+    try:
+        table = table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowException, ValueError) as err:
+        raise CacheError(f"cache manifest {path} has columns of the wrong type: {err}") from err
+    nulls = [name for name in SCHEMA.names if table.column(name).null_count]
+    if nulls:
+        raise CacheError(f"cache manifest {path}: column {nulls[0]!r} has missing values")
+    cols = table.to_pydict()
+    expect_rows = np.arange(samples, dtype=np.int64)
+    if not np.array_equal(np.asarray(cols["row"]), expect_rows):
+        raise CacheError(f"cache manifest {path}: column 'row' is not 0..{samples - 1} in order")
+    if not np.array_equal(np.asarray(cols["shard"]), expect_rows // shard_size):
+        raise CacheError(f"cache manifest {path}: column 'shard' disagrees with shard size {shard_size}")
+    rows = [
+        ManifestRow(sample_token=t, scene_token=s, frame_index=f, timestamp=ts)
+        for t, s, f, ts in zip(
+            cols["sample_token"], cols["scene_token"], cols["frame_index"], cols["timestamp"], strict=True
+        )
+    ]
+    try:
+        check_manifest(rows)
+    except DataError as err:
+        raise CacheError(f"cache manifest {path}: {err}") from err
+    return rows

@@ -1,0 +1,335 @@
+"""The latent cache's self-description: the cache key (provenance), the layout, manifest rows and commit records.
+
+Plain data, no I/O. A cache is trusted for a request only when its `CacheKey` equals what is asked for;
+`CacheKey.check` names the first field that differs. The format version travels in every file the cache
+writes, and readers refuse versions they do not know.
+
+Files under a cache root:
+
+    cache.json          {"format_version", "key": CacheKey, "layout": CacheLayout}
+    latents.zarr/       Zarr v3 group: hidden [N, L, T, H], length [N], token_ids [N, max(T-1, 1)]
+    manifest.parquet    sample_token, row, shard, scene_token, frame_index, timestamp
+    commits/NNNNNN.json one CommitRecord per finished shard, written last, by rename
+    failures.parquet    sample_token, shard, reason (rebuilt from the commit records by finalize)
+    .lock               pid + host of the process writing the cache
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from netroller.errors import CacheError, CacheKeyMismatchError, ConfigError
+
+CACHE_FORMAT_VERSION = 1
+
+CACHE_JSON = "cache.json"
+ZARR_DIR = "latents.zarr"
+MANIFEST_FILE = "manifest.parquet"
+COMMITS_DIR = "commits"
+FAILURES_FILE = "failures.parquet"
+LOCK_FILE = ".lock"
+
+HIDDEN = "hidden"
+LENGTH = "length"
+TOKEN_IDS = "token_ids"
+ARRAY_NAMES = (HIDDEN, LENGTH, TOKEN_IDS)
+
+LatentDType = Literal["float16", "float32", "bfloat16"]
+LATENT_DTYPES: tuple[str, ...] = get_args(LatentDType)
+# numpy has no bfloat16: its bits are stored as uint16 and the cache records the logical dtype.
+STORAGE_DTYPE = {"float16": "float16", "float32": "float32", "bfloat16": "uint16"}
+
+
+def commit_name(shard: int) -> str:
+    """File name of a shard's commit record under `commits/`."""
+    return f"{shard:06d}.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheKey:
+    """Everything that decides what the cached latents are; stored in cache.json and compared on open."""
+
+    model: str
+    """Model path or hub id the latents come from."""
+    model_hash: str
+    """Hash of the model weights."""
+    processor_hash: str
+    """Hash of the processor/tokenizer files."""
+    prompt_hash: str
+    """Hash of the prompt template(s) or question file."""
+    layers: tuple[int, ...]
+    """Absolute decoder-layer indices captured, strictly ascending."""
+    num_model_layers: int
+    """Decoder layers the model has (so `layers` can be read as "all" or a subset)."""
+    tokens: int
+    """T: positions per sample (last prompt token + up to T-1 generated tokens)."""
+    hidden_size: int
+    """H: width of the residual stream."""
+    dtype: LatentDType = "float16"
+    """Stored precision; bfloat16 is kept as uint16 bits."""
+    dataset_version: str
+    """nuScenes version, e.g. "v1.0-mini"."""
+    splits: tuple[str, ...]
+    """Splits whose samples the cache holds."""
+    index_hash: str
+    """Hash of the sample-index file the manifest was built from."""
+    code_version: str
+    """Version of the harvesting code."""
+    format_version: int = CACHE_FORMAT_VERSION
+    """On-disk format; readers refuse any other."""
+
+    def __post_init__(self) -> None:
+        # Lists (from JSON or a caller) become tuples, so keys compare and hash by value.
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "splits", tuple(str(x) for x in self.splits))
+        for name in ("model", "model_hash", "processor_hash", "prompt_hash", "dataset_version", "index_hash"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"CacheKey.{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.code_version, str):
+            raise ConfigError(f"CacheKey.code_version must be a string, got {self.code_version!r}")
+        for name in ("num_model_layers", "tokens", "hidden_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"CacheKey.{name} must be an integer >= 1, got {value!r}")
+        if not self.layers:
+            raise ConfigError("CacheKey.layers must name at least one layer, got ()")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ConfigError(f"CacheKey.layers must be strictly ascending, got {self.layers}")
+        if self.layers[0] < 0 or self.layers[-1] >= self.num_model_layers:
+            raise ConfigError(
+                f"CacheKey.layers must lie in [0, {self.num_model_layers}) (num_model_layers), got {self.layers}"
+            )
+        if self.dtype not in LATENT_DTYPES:
+            raise ConfigError(f"CacheKey.dtype must be one of {LATENT_DTYPES}, got {self.dtype!r}")
+        if not self.splits:
+            raise ConfigError("CacheKey.splits must name at least one split, got ()")
+        if self.format_version != CACHE_FORMAT_VERSION:
+            raise ConfigError(
+                f"CacheKey.format_version {self.format_version!r} is not supported (this code reads {CACHE_FORMAT_VERSION})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["splits"] = list(self.splits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CacheKey:
+        """Parse a stored key; CacheError naming the missing/unknown/bad field."""
+        if not isinstance(d, Mapping):
+            raise CacheError(f"cache key must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CacheError(f"cache key has unknown field {unknown[0]!r}")
+        missing = [
+            f.name for f in fields(cls) if f.name not in d and f.name not in ("dtype", "format_version")
+        ]
+        if missing:
+            raise CacheError(f"cache key is missing field {missing[0]!r}")
+        if "format_version" in d and d["format_version"] != CACHE_FORMAT_VERSION:
+            raise CacheError(
+                f"cache format_version {d['format_version']!r} is not supported (this code reads {CACHE_FORMAT_VERSION})"
+            )
+        try:
+            return cls(**dict(d))
+        except (ConfigError, TypeError) as err:
+            raise CacheError(f"cache key is invalid: {err}") from err
+
+    def differences(self, other: CacheKey) -> list[str]:
+        """One line per differing field, e.g. "layers: cache has (0, 1), asked for (1,)"."""
+        out = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine != theirs:
+                out.append(f"{f.name}: cache has {mine!r}, asked for {theirs!r}")
+        return out
+
+    def check(self, expect: Mapping[str, Any]) -> None:
+        """Raise CacheKeyMismatchError naming the first field whose value differs from `expect`.
+
+        Only the fields named in `expect` are compared (e.g. `{"layers": (1,), "tokens": 1}`); lists compare
+        equal to tuples.
+        """
+        names = [f.name for f in fields(self)]
+        for name in expect:
+            if name not in names:
+                raise ConfigError(
+                    f"cannot check unknown cache key field {name!r} (fields: {', '.join(names)})"
+                )
+        for name in names:
+            if name not in expect:
+                continue
+            want = expect[name]
+            if isinstance(want, list):
+                want = tuple(want)
+            have = getattr(self, name)
+            if name == "layers" and isinstance(want, tuple):
+                want = tuple(int(x) for x in want)
+            if have != want:
+                raise CacheKeyMismatchError(f"{name}: cache has {have!r}, asked for {want!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestRow:
+    """One sample of the cache, in row order (row = position in the manifest)."""
+
+    sample_token: str
+    scene_token: str
+    frame_index: int
+    timestamp: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheLayout:
+    """Shapes and storage of the arrays; derived from the key, the manifest and the shard size."""
+
+    samples: int
+    """N: rows of every array (= manifest rows)."""
+    layers: int
+    """L: captured layers per sample."""
+    tokens: int
+    """T: positions per sample."""
+    hidden_size: int
+    """H."""
+    shard_size: int
+    """S: samples per shard file (the same for every array)."""
+    dtype: LatentDType
+    """Logical dtype of `hidden`."""
+    storage_dtype: str
+    """numpy dtype of `hidden` on disk (uint16 for bfloat16)."""
+    manifest_sha256: str
+    """Hash of the manifest rows, so a resume with another sample list is refused."""
+    cache_id: str
+    """Random id of this cache; commit records carry it, so records of another cache are never trusted."""
+    arrays: tuple[str, ...] = field(default=ARRAY_NAMES)
+    """Arrays under latents.zarr."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arrays", tuple(self.arrays))
+        for name in ("samples", "layers", "tokens", "hidden_size", "shard_size"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if name == "samples" else 1)
+            ):
+                raise ConfigError(f"CacheLayout.{name} must be a positive integer, got {value!r}")
+        if self.dtype not in LATENT_DTYPES:
+            raise ConfigError(f"CacheLayout.dtype must be one of {LATENT_DTYPES}, got {self.dtype!r}")
+        if self.storage_dtype != STORAGE_DTYPE[self.dtype]:
+            raise ConfigError(
+                f"CacheLayout.storage_dtype must be {STORAGE_DTYPE[self.dtype]!r} for dtype {self.dtype!r}, "
+                f"got {self.storage_dtype!r}"
+            )
+        if self.arrays != ARRAY_NAMES:
+            raise ConfigError(f"CacheLayout.arrays must be {ARRAY_NAMES}, got {self.arrays}")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.samples // self.shard_size)
+
+    @property
+    def token_width(self) -> int:
+        """Columns of `token_ids`: T-1 generated tokens, at least 1 so the array is never empty."""
+        return max(self.tokens - 1, 1)
+
+    def shard_rows(self, shard: int) -> range:
+        if not 0 <= shard < self.num_shards:
+            raise CacheError(f"shard {shard} is out of range [0, {self.num_shards})")
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.samples))
+
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's hidden states on disk."""
+        itemsize = 4 if self.storage_dtype == "float32" else 2
+        return self.layers * self.tokens * self.hidden_size * itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arrays"] = list(self.arrays)
+        d["num_shards"] = self.num_shards
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CacheLayout:
+        if not isinstance(d, Mapping):
+            raise CacheError(f"cache layout must be a JSON object, got {type(d).__name__}")
+        d = {k: v for k, v in d.items() if k != "num_shards"}
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d) - {"arrays"})
+        if missing:
+            raise CacheError(f"cache layout is missing field {missing[0]!r}")
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CacheError(f"cache layout has unknown field {unknown[0]!r}")
+        try:
+            return cls(**d)
+        except (ConfigError, TypeError) as err:
+            raise CacheError(f"cache layout is invalid: {err}") from err
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardFileRecord:
+    """One array's shard file as it was committed."""
+
+    path: str
+    """Path relative to the cache root."""
+    nbytes: int
+    """File size."""
+    crc32c: str
+    """crc32c of the file's bytes, 8 hex digits."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitRecord:
+    """Proof that a shard was written whole; written last, by rename, as commits/NNNNNN.json."""
+
+    shard: int
+    """Shard index."""
+    rows: tuple[int, int]
+    """Row range [start, stop) the shard holds."""
+    files: dict[str, ShardFileRecord]
+    """Per array name, its shard file's path, size and checksum."""
+    failures: tuple[tuple[str, str], ...]
+    """(sample_token, reason) for samples of this shard that could not be harvested."""
+    cache_id: str
+    """The cache this record belongs to (CacheLayout.cache_id)."""
+    time: float
+    """Unix time of the commit."""
+    format_version: int = CACHE_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "shard": self.shard,
+            "rows": list(self.rows),
+            "files": {name: asdict(rec) for name, rec in self.files.items()},
+            "failures": [list(f) for f in self.failures],
+            "cache_id": self.cache_id,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CommitRecord:
+        """Parse a stored record; CacheError saying what is wrong."""
+        try:
+            if d["format_version"] != CACHE_FORMAT_VERSION:
+                raise CacheError(f"commit record format_version {d['format_version']!r} is not supported")
+            files = {str(name): ShardFileRecord(**rec) for name, rec in d["files"].items()}
+            start, stop = (int(x) for x in d["rows"])
+            failures = tuple((str(t), str(r)) for t, r in d["failures"])
+            return cls(
+                shard=int(d["shard"]),
+                rows=(start, stop),
+                files=files,
+                failures=failures,
+                cache_id=str(d["cache_id"]),
+                time=float(d["time"]),
+            )
+        except CacheError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CacheError(f"commit record is malformed ({type(err).__name__}: {err})") from err
