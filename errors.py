@@ -36,3 +36,7 @@ class CacheLockedError(NetrollerError, RuntimeError):
 
 class ModelError(NetrollerError, ValueError):
     """A model path or checkpoint is missing, of the wrong kind, or does not match the config."""
+
+
+class WorkerError(NetrollerError, RuntimeError):
+    """A distributed worker failed or died; finished work is kept and a re-run resumes."""

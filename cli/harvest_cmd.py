@@ -1,0 +1,95 @@
+"""`netroller harvest`: run the GM over the index once and write its hidden states to a latent cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_EPILOG = """\
+Examples:
+
+  # the embedded tiny GM (random weights, a stand-in), one prefill position, all layers, in this process
+  netroller harvest --index work/index.parquet --out work/cache --workers 0
+
+  # a real checkpoint, 3 layers, up to 15 generated tokens, 4 GPU actors on a Ray cluster
+  netroller harvest --index work/index.parquet --out work/cache-llava --model /ckpt/llava-1.5-7b-hf
+  --layers 0,15,31 --tokens 16 --workers 4 --gpus-per-worker 1 --ray-address auto
+
+  # per-sample DriveLM questions; re-hash every committed shard first and repair damaged ones
+  netroller harvest --index work/index.parquet --out work/cache --drivelm work/nuscenes/drivelm_qa.json --verify
+
+A re-run resumes: only shards without a valid commit record are computed (with --verify, also shards whose
+bytes no longer match their checksum). A cache built with other settings is refused, naming the differing
+field, unless --overwrite.
+"""
+
+
+def _harvest(
+    index: Path = typer.Option(..., "--index", help="Sample index from `netroller prepare` (Parquet)."),
+    out: Path = typer.Option(..., "--out", help="Cache folder to create or resume."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="GM: local save_pretrained folder or hub id (default: the embedded tiny random-weight GM).",
+    ),
+    tokens: int = typer.Option(1, "--tokens", help="T: last prompt token + up to T-1 generated tokens."),
+    layers: str = typer.Option("all", "--layers", help="Layers to capture: all | 0,15,31 | -1."),
+    shard_size: int = typer.Option(
+        16, "--shard-size", help="Samples per shard (the unit of work and resume)."
+    ),
+    workers: int = typer.Option(1, "--workers", help="Ray actors; 0 runs in this process without Ray."),
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", help="GPUs per actor (> 0 runs on CUDA)."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="Existing Ray cluster (default: a local Ray instance sized for this machine).",
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", help="Samples per generate call inside a worker."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Prompt template text (default: the built-in driving question)."
+    ),
+    drivelm: Path | None = typer.Option(None, "--drivelm", help="DriveLM QA JSON with per-sample questions."),
+    splits: str = typer.Option("train,val", "--splits", help="Comma list of index splits to harvest."),
+    dtype: str = typer.Option("float16", "--dtype", help="Cache dtype: float16 | float32 | bfloat16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache built with other settings."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Re-hash all committed shards first and recompute damaged ones (default: off, only the cheap commit check).",
+    ),
+) -> None:
+    # Imported here so that `netroller --help` and other commands do not pay for torch and transformers.
+    from netroller.stages.harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(
+        index=index,
+        out=out,
+        model=model,
+        tokens=tokens,
+        layers=layers,
+        dtype=dtype,  # type: ignore[arg-type]  # HarvestConfig checks it (ConfigError naming the value)
+        prompt=prompt,
+        drivelm=drivelm,
+        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        shard_size=shard_size,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        ray_address=ray_address,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        verify=verify,
+    )
+    path = harvest(cfg)
+    typer.echo(f"cache: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "harvest",
+        help="Run the GM once over every indexed sample and cache its hidden states (Zarr shards, resumable).",
+        epilog=_EPILOG,
+    )(_harvest)

@@ -1,0 +1,378 @@
+"""The harvest stage: run the GM once over every indexed sample and write its hidden states to the cache.
+
+    cfg = HarvestConfig(index=Path("work/index.parquet"), out=Path("work/cache"), tokens=1, workers=0)
+    harvest(cfg)   # -> Path("work/cache")
+
+Every input is checked (index, GM, layers, prompts) before the cache folder is created, so a bad
+argument leaves nothing behind. The work unit is one shard of consecutive samples (`harvest_shard`),
+written whole by one worker and committed last; a re-run recomputes only shards without a valid commit
+record (plus damaged ones under `verify=True`). `workers=0` runs in this process; `workers>=1` hands the
+shards to Ray actors through `netroller.pipeline.ray_harvest`, the only module that imports Ray.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+import netroller
+from netroller.data.index import CAMERAS, SPLITS, Index, SampleRecord, file_hash, read_index
+from netroller.errors import CacheError, ConfigError, DataError, MissingPathError
+from netroller.models.gm.capture import LatentCapturer, resolve_layers
+from netroller.models.gm.loader import LoadedGM, load_gm
+from netroller.models.gm.prompts import PromptSource
+from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
+from netroller.storage.reader import CacheReader
+from netroller.storage.schema import LATENT_DTYPES, CacheKey, LatentDType, ManifestRow
+from netroller.storage.writer import CacheWriter
+
+if TYPE_CHECKING:
+    from netroller.storage.schema import CommitRecord
+
+_BYTES_PER_VALUE = {"float16": 2, "float32": 4, "bfloat16": 2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarvestConfig:
+    """What to harvest, from which GM, into which cache, with how many workers."""
+
+    index: Path
+    """The sample index written by `netroller prepare` (Parquet)."""
+    out: Path
+    """The cache folder (created; an existing cache with the same key is resumed)."""
+    model: str | None = None
+    """GM checkpoint: a local `save_pretrained` folder or a hub id; None = the embedded tiny random GM."""
+    tokens: int = 1
+    """T: positions kept per sample (the last prompt token + up to T-1 generated tokens); >= 1."""
+    layers: str = "all"
+    """Decoder layers to capture: "all", a comma list "0,15,31", negatives count from the end ("-1")."""
+    dtype: LatentDType = "float16"
+    """Storage dtype of the hidden states in the cache."""
+    prompt: str | None = None
+    """Prompt template text; None = the GM package's DEFAULT_TEMPLATE."""
+    drivelm: Path | None = None
+    """DriveLM-format QA JSON: per-sample questions (samples without one use `prompt`)."""
+    splits: tuple[str, ...] = ("train", "val")
+    """Index splits to harvest, in index order."""
+    shard_size: int = 16
+    """Samples per shard: the work unit of one worker and the unit of commit/resume."""
+    workers: int = 1
+    """0 = in this process without Ray; >= 1 = that many Ray actors, each holding one GM."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per actor (> 0 runs the GM on CUDA); with workers=0, > 0 also selects CUDA."""
+    ray_address: str | None = None
+    """An existing Ray cluster ("ray://host:10001", "auto"); None = RAY_ADDRESS or a local instance."""
+    batch_size: int = 1
+    """Samples per generate call inside a worker (batched generation pads prompts, so fp noise may differ)."""
+    overwrite: bool = False
+    """Replace an existing cache built with a different key instead of refusing."""
+    verify: bool = False
+    """Re-hash every committed shard first and recompute damaged ones (default: only the cheap commit check)."""
+    progress: bool = True
+    """Print the plan line and show a tqdm bar."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ConfigError(f"tokens must be an integer >= 1, got {self.tokens!r}")
+        if not isinstance(self.layers, str) or not self.layers.strip():
+            raise ConfigError(f"layers must be 'all', a comma list or '-1', got {self.layers!r}")
+        if self.dtype not in LATENT_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(LATENT_DTYPES)}, got {self.dtype!r}")
+        if not self.splits:
+            raise ConfigError("splits must name at least one split, got ()")
+        bad = [s for s in self.splits if s not in SPLITS]
+        if bad:
+            raise ConfigError(f"splits must be among {', '.join(SPLITS)}, got {bad[0]!r}")
+        if len(set(self.splits)) != len(self.splits):
+            raise ConfigError(f"splits has a duplicate: {self.splits!r}")
+        if not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise ConfigError(f"shard_size must be an integer >= 1, got {self.shard_size!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_worker > 0 else "cpu"
+
+
+@dataclass(kw_only=True)
+class HarvestPlan:
+    """Everything checked and resolved before a single byte of cache is written."""
+
+    cfg: HarvestConfig
+    model_path: str  # what workers pass to load_gm
+    gm: LoadedGM | None  # the driver's GM (dropped before Ray actors load their own)
+    layers: tuple[int, ...]
+    prompts: PromptSource
+    records: list[SampleRecord]
+    dataroot: Path
+    key: CacheKey
+    manifest: list[ManifestRow] = field(default_factory=list)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return len(self.layers) * self.key.tokens * self.key.hidden_size * _BYTES_PER_VALUE[self.key.dtype]
+
+
+def _select_records(index: Index, splits: Sequence[str]) -> list[SampleRecord]:
+    wanted = set(splits)
+    records = [r for r in index.records if r.split in wanted]
+    if not records:
+        raise DataError(f"{index.path}: no samples in splits {', '.join(splits)}")
+    for r in records:
+        if len(r.cam_paths) != len(CAMERAS):
+            raise DataError(
+                f"{index.path}: sample {r.sample_token} has {len(r.cam_paths)} camera paths, expected {len(CAMERAS)}"
+            )
+    return records
+
+
+def _prompt_source(cfg: HarvestConfig) -> PromptSource:
+    if cfg.drivelm is not None:
+        return PromptSource.drivelm(Path(cfg.drivelm), fallback=cfg.prompt)
+    return PromptSource.template(cfg.prompt)
+
+
+def _check_layers_from_config(model_path: str, spec: str) -> None:
+    """Refuse a bad layer spec from the model's config alone, before its (possibly 14 GB of) weights load."""
+    from transformers import AutoConfig
+
+    try:
+        num_layers = int(AutoConfig.from_pretrained(model_path).get_text_config().num_hidden_layers)
+    except Exception:  # a missing or foreign model: load_gm reports it as one ModelError line
+        return
+    resolve_layers(spec, num_layers)
+
+
+def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
+    """Check every input and compute the cache key; raises a NetrollerError, writes nothing under cfg.out."""
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"out must be a folder, but {cfg.out} is a file")
+    index = read_index(cfg.index)
+    records = _select_records(index, cfg.splits)
+    dataroot = index.dataroot()
+    if not dataroot.is_dir():
+        raise MissingPathError(f"dataroot of {cfg.index} not found: {dataroot}")
+    prompts = _prompt_source(cfg)
+    model_path = cfg.model if cfg.model is not None else str(build_tiny_gm(default_tiny_gm_path()))
+    _check_layers_from_config(model_path, cfg.layers)
+    gm = load_gm(model_path, device=cfg.device)
+    layers = resolve_layers(cfg.layers, gm.num_layers)
+    key = CacheKey(
+        model=gm.name,
+        model_hash=gm.model_hash,
+        processor_hash=gm.processor_hash,
+        prompt_hash=prompts.hash(),
+        layers=layers,
+        num_model_layers=gm.num_layers,
+        tokens=cfg.tokens,
+        hidden_size=gm.hidden_size,
+        dtype=cfg.dtype,
+        dataset_version=index.meta.version,
+        splits=tuple(cfg.splits),
+        index_hash=file_hash(cfg.index),
+        code_version=netroller.__version__,
+    )
+    manifest = [
+        ManifestRow(
+            sample_token=r.sample_token,
+            scene_token=r.scene_token,
+            frame_index=r.frame_index,
+            timestamp=r.timestamp,
+        )
+        for r in records
+    ]
+    return HarvestPlan(
+        cfg=cfg,
+        model_path=model_path,
+        gm=gm,
+        layers=layers,
+        prompts=prompts,
+        records=records,
+        dataroot=dataroot,
+        key=key,
+        manifest=manifest,
+    )
+
+
+def load_camera_images(record: SampleRecord, dataroot: Path) -> list[Image.Image]:
+    """The sample's 6 camera images as RGB, in CAMERAS order; DataError naming the camera and path."""
+    images = []
+    for cam, rel in zip(CAMERAS, record.cam_paths, strict=True):
+        path = Path(dataroot) / rel
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except FileNotFoundError as err:
+            raise DataError(f"{cam} image missing: {path}") from err
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"{cam} image unreadable: {path} ({reason})") from err
+    return images
+
+
+def harvest_shard(
+    writer_root: Path,
+    shard: int,
+    records: Sequence[SampleRecord],
+    capturer: LatentCapturer,
+    prompts: PromptSource,
+    dataroot: Path,
+    *,
+    batch_size: int = 1,
+    on_samples: Callable[[int], None] | None = None,
+) -> CommitRecord:
+    """Capture one shard's samples and write it whole: the work unit of every worker, with or without Ray.
+
+    A sample whose camera images cannot be read gets length 0 (zeros, token ids -1) and a failures entry;
+    the rest of the shard goes on. `on_samples(n)` is called as samples finish (progress reporting).
+    """
+    writer = CacheWriter.open(Path(writer_root))
+    rows = writer.shard_rows(shard)
+    if len(rows) != len(records):
+        raise CacheError(f"shard {shard} of {writer_root} has {len(rows)} rows, got {len(records)} records")
+    key = writer.key
+    n_layers, tokens, hidden_size = len(key.layers), key.tokens, key.hidden_size
+    # float16 caches are filled in float16 directly (half the memory per shard); the writer casts the rest.
+    buf_dtype = np.float16 if key.dtype == "float16" else np.float32
+    hidden = np.zeros((len(records), n_layers, tokens, hidden_size), dtype=buf_dtype)
+    length = np.zeros((len(records),), dtype=np.int64)
+    token_ids = np.full((len(records), writer.layout.token_width), -1, dtype=np.int64)
+    failures: list[tuple[str, str]] = []
+
+    pending: list[tuple[int, list[Image.Image], str]] = []
+
+    def flush() -> None:
+        results = capturer.capture_batch([(images, prompt) for _, images, prompt in pending])
+        for (i, _, _), cap in zip(pending, results, strict=True):
+            hidden[i] = cap.hidden
+            length[i] = cap.length
+            token_ids[i, : cap.token_ids.shape[0]] = cap.token_ids  # T=1: one column, left at -1
+        if on_samples is not None:
+            on_samples(len(pending))
+        pending.clear()
+
+    for i, record in enumerate(records):
+        try:
+            images = load_camera_images(record, dataroot)
+        except DataError as err:
+            failures.append((record.sample_token, str(err)))
+            if on_samples is not None:
+                on_samples(1)
+            continue
+        pending.append((i, images, prompts.prompt_for(record.sample_token)))
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return writer.write_shard(shard, hidden, length, token_ids, failures)
+
+
+def _human_bytes(n: float) -> str:
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def _shards_to_do(writer: CacheWriter, verify: bool, log: Callable[[str], None]) -> list[int]:
+    """Shards without a valid commit record (cheap: record and file sizes); with verify, also re-hashed ones."""
+    pending = writer.pending_shards()
+    if not verify:
+        return pending
+    todo = writer.pending_shards(verify=True)
+    damaged = sorted(set(todo) - set(pending))
+    if damaged:
+        log(f"harvest: {len(damaged)} damaged shard(s) will be recomputed: {', '.join(map(str, damaged))}")
+    return todo
+
+
+def harvest(cfg: HarvestConfig) -> Path:
+    """Harvest the GM's hidden states for every sample of cfg.splits into the cache at cfg.out."""
+    plan = plan_harvest(cfg)
+    root = Path(cfg.out)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if cfg.progress else (lambda msg: None)
+    writer = CacheWriter.create(root, plan.key, plan.manifest, cfg.shard_size, overwrite=cfg.overwrite)
+    with writer.lock():
+        todo = _shards_to_do(writer, cfg.verify, log)
+        work = [(s, [plan.records[i] for i in writer.shard_rows(s)]) for s in todo]
+        n_todo = sum(len(recs) for _, recs in work)
+        stand_in = " (random-weight stand-in)" if plan.gm is not None and plan.gm.is_random_stand_in else ""
+        log(
+            f"harvest: {len(plan.records)} samples, {len(todo)}/{writer.num_shards} shards pending "
+            f"({n_todo} samples), estimated cache size {_human_bytes(len(plan.records) * plan.bytes_per_sample)} "
+            f"(L={len(plan.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
+            f"GM {plan.key.model}{stand_in}; {'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
+        )
+        with tqdm(
+            total=n_todo, unit="sample", desc="harvest", disable=not cfg.progress, smoothing=0.1
+        ) as bar:
+            if cfg.workers == 0:
+                _run_in_process(plan, root, work, bar.update)
+            else:
+                from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
+
+                plan.gm = None  # the actors load their own; free the driver's copy first
+                gc.collect()
+                spec = RayHarvestSpec(
+                    root=root,
+                    model=plan.model_path,
+                    layers=plan.layers,
+                    tokens=cfg.tokens,
+                    prompts=plan.prompts,
+                    dataroot=plan.dataroot,
+                    batch_size=cfg.batch_size,
+                    device=cfg.device,
+                )
+                run_shards(
+                    spec,
+                    work,
+                    workers=cfg.workers,
+                    gpus_per_worker=cfg.gpus_per_worker,
+                    ray_address=cfg.ray_address,
+                    on_samples=bar.update,
+                    on_ready=lambda: bar.reset(total=n_todo),  # rate and ETA from here: exclude Ray start-up
+                    log=lambda msg: bar.write(msg, file=sys.stderr) if cfg.progress else None,
+                )
+                # Progress messages may still be in flight when the last shard returned.
+                bar.update(bar.total - bar.n)
+        writer.finalize()
+    failed = len(CacheReader(root).failures())
+    if failed:
+        log(f"harvest: {failed} sample(s) could not be harvested; see {root / 'failures.parquet'}")
+    return root
+
+
+def _run_in_process(
+    plan: HarvestPlan,
+    root: Path,
+    work: Sequence[tuple[int, list[SampleRecord]]],
+    on_samples: Callable[[int], None],
+) -> None:
+    assert plan.gm is not None  # internal invariant: plan_harvest always loads the driver's GM
+    capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=plan.cfg.tokens)
+    for shard, records in work:
+        harvest_shard(
+            root,
+            shard,
+            records,
+            capturer,
+            plan.prompts,
+            plan.dataroot,
+            batch_size=plan.cfg.batch_size,
+            on_samples=on_samples,
+        )

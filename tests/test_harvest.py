@@ -1,0 +1,367 @@
+"""The harvest stage, its resume/lock/failure behaviour, its CLI and its Ray edge, on the tiny GM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from PIL import Image
+
+from netroller.data.index import CAMERAS, IndexMeta, SampleRecord, write_index
+from netroller.errors import (
+    CacheKeyMismatchError,
+    CacheLockedError,
+    ConfigError,
+    DataError,
+    ModelError,
+    WorkerError,
+)
+from netroller.stages.harvest import HarvestConfig, harvest, load_camera_images
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _record(token: str, scene: str, frame: int, split: str) -> SampleRecord:
+    return SampleRecord(
+        sample_token=token,
+        scene_token=scene,
+        scene_name=f"scene-{scene}",
+        split=split,
+        frame_index=frame,
+        timestamp=1_000_000 + 500_000 * frame,
+        map_name="singapore-onenorth",
+        cam_paths=tuple(f"samples/{cam}/{token}.jpg" for cam in CAMERAS),
+        cam_image_sizes=np.tile([[32, 24]], (6, 1)),
+        cam_intrinsics=np.tile(np.eye(3), (6, 1, 1)),
+        cam_to_lidar=np.tile(np.eye(4), (6, 1, 1)),
+        lidar_to_ego=np.eye(4),
+        ego_to_global=np.eye(4),
+        ego_velocity=np.zeros(2),
+        ego_his_traj=np.zeros((2, 2)),
+        ego_his_mask=np.ones(2),
+        ego_fut_traj=np.zeros((6, 2)),
+        ego_fut_mask=np.ones(6),
+        command=2,
+        gt_boxes=np.zeros((0, 9)),
+        gt_labels=np.zeros((0,), dtype=np.int64),
+        gt_num_lidar_pts=np.zeros((0,), dtype=np.int64),
+        gt_instance_tokens=(),
+        gt_fut_traj=np.zeros((0, 6, 2)),
+        gt_fut_mask=np.zeros((0, 6)),
+        map_vectors=np.zeros((0, 20, 2)),
+        map_labels=np.zeros((0,), dtype=np.int64),
+    )
+
+
+def make_index(root: Path, samples: int = 6) -> Path:
+    """A tiny index over `samples` keyframes (two scenes, train then val) with 6 random 32x24 JPEGs each."""
+    rng = np.random.default_rng(0)
+    dataroot = root / "nuscenes"
+    records = []
+    for i in range(samples):
+        scene = "s0" if i < (samples + 1) // 2 else "s1"
+        rec = _record(f"tok{i:03d}", scene, i, "train" if scene == "s0" else "val")
+        for rel in rec.cam_paths:
+            path = dataroot / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path, quality=90)
+        records.append(rec)
+    return write_index(
+        records, root / "index.parquet", IndexMeta(dataroot=str(dataroot), version="v1.0-mini")
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """These tests share 2 cores with other processes: torch's 2 OpenMP threads would spin against them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def small_index(tmp_path) -> Path:
+    """A fresh index of 6 samples whose images a test may damage."""
+    return make_index(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_gm) -> tuple[Path, Path]:
+    """(index, cache): one in-process harvest (T=2, all layers, 3 shards of 2) that tests read or copy."""
+    root = tmp_path_factory.mktemp("harvest-base")
+    index = make_index(root / "data")
+    return index, harvest(_cfg(index, root / "cache", tiny_gm))
+
+
+def _copy(cache: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(cache, tmp_path / "copy"))
+
+
+def _cfg(index: Path, out: Path, gm: Path, **kw) -> HarvestConfig:
+    base = dict(index=index, out=out, model=str(gm), tokens=2, shard_size=2, workers=0, progress=False)
+    base.update(kw)
+    return HarvestConfig(**base)
+
+
+def _arrays(root: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(root / "latents.zarr", mode="r")
+    return {name: np.asarray(group[name][...]) for name in ("hidden", "length", "token_ids")}
+
+
+def _assert_same_arrays(got: Path, want: Path) -> None:
+    a, b = _arrays(got), _arrays(want)
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _commits(root: Path) -> list[Path]:
+    return sorted((root / "commits").glob("*.json"))
+
+
+def test_harvest_rows_equal_direct_capture(base, tiny_gm):
+    from netroller.data.index import read_index
+    from netroller.models.gm.capture import LatentCapturer
+    from netroller.models.gm.loader import load_gm
+    from netroller.models.gm.prompts import PromptSource
+    from netroller.storage.reader import CacheReader
+
+    index_path, root = base
+    index = read_index(index_path)
+    gm = load_gm(str(tiny_gm))
+    capturer = LatentCapturer(gm, layers=tuple(range(gm.num_layers)), tokens=2)
+    prompt = PromptSource.template().prompt_for
+    batch = CacheReader(root).read([r.sample_token for r in index.records])
+    token_ids = _arrays(root)["token_ids"]
+    assert batch.present.all()
+    for i, rec in enumerate(index.records):
+        cap = capturer.capture(load_camera_images(rec, index.dataroot()), prompt(rec.sample_token))
+        np.testing.assert_array_equal(batch.hidden[i], cap.hidden.astype(np.float16))
+        assert batch.length[i] == cap.length
+        np.testing.assert_array_equal(token_ids[i, : cap.token_ids.shape[0]], cap.token_ids)
+
+
+def test_resume_recomputes_only_shards_without_commit(base, tiny_gm, tmp_path):
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    kept, *dropped = _commits(root)
+    kept_mtime = kept.stat().st_mtime_ns
+    for c in dropped:
+        c.unlink()
+    harvest(_cfg(index, root, tiny_gm))
+    assert [c.name for c in _commits(root)] == [c.name for c in _commits(reference)]
+    assert kept.stat().st_mtime_ns == kept_mtime  # the committed shard was not rewritten
+    _assert_same_arrays(root, reference)
+
+
+def test_resume_prints_pending_shards(base, tiny_gm, tmp_path, capsys):
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    _commits(root)[-1].unlink()
+    harvest(_cfg(index, root, tiny_gm, progress=True))
+    assert "6 samples, 1/3 shards pending (2 samples)" in capsys.readouterr().err
+
+
+def test_verify_recomputes_a_damaged_shard(base, tiny_gm, tmp_path):
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    shard_file = root / "latents.zarr" / "hidden" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard_file.read_bytes())
+    data[10] ^= 0xFF  # same size: only a re-hash can tell
+    shard_file.write_bytes(bytes(data))
+    harvest(_cfg(index, root, tiny_gm, verify=True))
+    _assert_same_arrays(root, reference)
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_gm):
+    index = make_index(tmp_path / "data", samples=8)
+    reference = harvest(_cfg(index, tmp_path / "reference", tiny_gm, shard_size=1, tokens=8))
+    root = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "netroller.cli.main", "harvest", "--index", str(index), "--out", str(root)]
+    cmd += ["--model", str(tiny_gm), "--tokens", "8", "--shard-size", "1", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _commits(root):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard committed within 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert 1 <= len(_commits(root)) < 8, "the run was not interrupted mid-way"
+    harvest(_cfg(index, root, tiny_gm, shard_size=1, tokens=8))
+    _assert_same_arrays(root, reference)
+
+
+def test_concurrent_second_harvest_is_refused(base, tiny_gm, tmp_path):
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    _commits(root)[-1].unlink()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from netroller.storage.writer import CacheWriter\n"
+            "with CacheWriter.open(Path(sys.argv[1])).lock():\n    print('locked', flush=True); time.sleep(60)",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(CacheLockedError, match="being written by pid"):
+            harvest(_cfg(index, root, tiny_gm))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(_commits(root)) == 2  # nothing was written under someone else's lock
+
+
+def test_different_key_is_refused_naming_the_field(base, tiny_gm):
+    index, root = base
+    with pytest.raises(CacheKeyMismatchError, match="tokens: cache has 2, asked for 3"):
+        harvest(_cfg(index, root, tiny_gm, tokens=3))
+
+
+def test_overwrite_replaces_a_cache_with_a_different_key(base, tiny_gm, tmp_path):
+    from netroller.storage.reader import CacheReader
+
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    harvest(_cfg(index, root, tiny_gm, tokens=3, overwrite=True))
+    reader = CacheReader(root)
+    assert reader.key.tokens == 3
+    assert reader.read(["tok000"]).hidden.shape[2] == 3
+
+
+def test_batched_generation_matches_one_at_a_time(base, tiny_gm, tmp_path):
+    index, reference = base
+    root = harvest(_cfg(index, tmp_path / "batched", tiny_gm, batch_size=2))
+    got, want = _arrays(root), _arrays(reference)
+    np.testing.assert_array_equal(got["length"], want["length"])
+    np.testing.assert_allclose(got["hidden"].astype(np.float32), want["hidden"].astype(np.float32), atol=2e-2)
+
+
+def test_unreadable_image_goes_to_failures_ledger(small_index, tiny_gm, tmp_path):
+    from netroller.storage.reader import CacheReader
+
+    dataroot = small_index.parent / "nuscenes"
+    (dataroot / "samples" / "CAM_BACK" / "tok001.jpg").write_bytes(b"not a jpeg")
+    (dataroot / "samples" / "CAM_FRONT" / "tok004.jpg").unlink()
+    root = harvest(_cfg(small_index, tmp_path / "cache", tiny_gm))
+    reader = CacheReader(root)
+    failures = dict(reader.failures())
+    assert set(failures) == {"tok001", "tok004"}
+    assert "CAM_BACK" in failures["tok001"] and "CAM_FRONT" in failures["tok004"]
+    batch = reader.read([f"tok{i:03d}" for i in range(6)])
+    assert batch.present.tolist() == [True, False, True, True, False, True]
+    assert batch.length[1] == 0 and not batch.hidden[1].any()
+
+
+def test_missing_model_is_refused_before_any_cache_folder(base, tmp_path):
+    out = tmp_path / "cache"
+    with pytest.raises(ModelError, match="no-such-model"):
+        harvest(_cfg(base[0], out, tmp_path / "no-such-model"))
+    assert not out.exists()
+
+
+def test_layer_out_of_range_is_refused_before_any_cache_folder(base, tiny_gm, tmp_path):
+    out = tmp_path / "cache"
+    with pytest.raises(ConfigError, match="layer 99 is out of range"):
+        harvest(_cfg(base[0], out, tiny_gm, layers="0,99"))
+    assert not out.exists()
+
+
+def test_zero_tokens_is_refused(base, tiny_gm, tmp_path):
+    with pytest.raises(ConfigError, match="tokens must be an integer >= 1, got 0"):
+        _cfg(base[0], tmp_path / "cache", tiny_gm, tokens=0)
+
+
+def test_index_without_needed_columns_is_refused_before_any_cache_folder(tiny_gm, tmp_path):
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.table({"sample_token": ["a"]}), index)
+    out = tmp_path / "cache"
+    with pytest.raises(DataError, match="index.parquet"):
+        harvest(_cfg(index, out, tiny_gm))
+    assert not out.exists()
+
+
+def test_cli_harvest_writes_a_cache(base, tiny_gm, tmp_path):
+    from netroller.cli.main import main
+
+    out = tmp_path / "cache"
+    argv = ["harvest", "--index", str(base[0]), "--out", str(out), "--model", str(tiny_gm)]
+    assert main([*argv, "--tokens", "1", "--layers", "-1", "--shard-size", "4", "--workers", "0"]) == 0
+    assert len(_commits(out)) == 2
+    assert (out / "failures.parquet").is_file()
+
+
+def test_cli_bad_layers_exit_2_with_one_line(base, tiny_gm, tmp_path, capsys):
+    from netroller.cli.main import main
+
+    argv = ["harvest", "--index", str(base[0]), "--out", str(tmp_path / "c"), "--model", str(tiny_gm)]
+    assert main([*argv, "--layers", "0,99", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: layer 99 is out of range")
+
+
+def test_ray_two_workers_match_in_process(base, tiny_gm, tmp_path, ray_local):
+    index, reference = base
+    root = harvest(_cfg(index, tmp_path / "ray", tiny_gm, workers=2))
+    _assert_same_arrays(root, reference)
+    assert len(_commits(root)) == 3
+
+
+def test_tiny_cache_fixture_holds_every_index_sample(tiny_cache, index_path):
+    from netroller.data.index import read_index
+    from netroller.storage.reader import CacheReader
+
+    reader = CacheReader(tiny_cache)
+    tokens = [r.sample_token for r in read_index(index_path).records if r.split in ("train", "val")]
+    assert reader.read(tokens).present.all()
+
+
+def test_prompt_text_is_part_of_the_cache_key(base, tiny_gm):
+    index, root = base
+    with pytest.raises(CacheKeyMismatchError, match="prompt_hash"):
+        harvest(_cfg(index, root, tiny_gm, prompt="Is the road ahead clear?"))
+
+
+def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_gm, tmp_path, ray_local):
+    from netroller.data.index import read_index
+    from netroller.models.gm.prompts import PromptSource
+    from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
+
+    index_path, reference = base
+    root = _copy(reference, tmp_path)
+    for c in _commits(root):
+        c.unlink()
+    index = read_index(index_path)
+    spec = RayHarvestSpec(
+        root=root,
+        model=str(tiny_gm),
+        layers=(0, 1, 2, 3),
+        tokens=2,
+        prompts=PromptSource.template(),
+        dataroot=index.dataroot(),
+        batch_size=1,
+        device="cpu",
+    )
+    work = [(0, index.records[0:2]), (1, index.records[0:1])]  # shard 1 has 2 rows: its unit is malformed
+    with pytest.raises(WorkerError, match="failed on shard 1: CacheError.*re-run the same harvest to resume"):
+        run_shards(spec, work, workers=1)
+    assert [c.name for c in _commits(root)] == ["000000.json"]
