@@ -1,0 +1,444 @@
+"""The train stage: VAD on the index's train split, with exact resume.
+
+    netroller train --index work/index.parquet --out work/runs/baseline --recipe debug --epochs 2
+    netroller train --index work/index.parquet --out work/runs/baseline --epochs 4 --resume
+
+Run dir:
+    train_config.json, model_config.json         the configs, written before the first step
+    checkpoints/epoch_0001.safetensors (+ .pt)    weights; optimizer, scheduler, RNG state and epoch beside
+    checkpoints/last.safetensors (+ last.pt)      the latest epoch; last.pt is written last (the commit)
+    metrics.jsonl                                 one JSON object per logged step and per epoch
+
+Resume restarts after the last finished epoch with its model, optimizer, scheduler and RNG state; the data
+order of epoch e depends only on (seed, e), so 1 epoch + resume + 1 epoch == 2 epochs. `TrainHooks` is where
+the NetRoller fine-tune plugs in: extra trainable modules and a per-batch `BevShift`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from netroller.data.dataset import SampleDataset, collate
+from netroller.data.index import read_index
+from netroller.errors import ConfigError, ModelError
+from netroller.models.vad.batch import Batch
+from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
+from netroller.models.vad.losses import vad_loss
+from netroller.models.vad.model import VAD, BevShift
+from netroller.storage.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+HOOK_PREFIX = "hook."
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything one training run depends on (saved as train_config.json)."""
+
+    index: Path
+    """The sample index (Parquet) written by `prepare`."""
+    out: Path
+    """The run dir."""
+    recipe: str = "debug"
+    """VAD recipe name (see netroller.models.vad.config.RECIPES)."""
+    epochs: int = 1
+    """Total epochs (with --resume: the total to reach, not how many more)."""
+    batch_size: int = 2
+    """Samples per step."""
+    lr: float = 2e-4
+    """Peak AdamW learning rate (the backbone gets lr * backbone_lr_mult)."""
+    backbone_lr_mult: float = 0.1
+    """Backbone learning-rate factor (VAD: 0.1)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (the NetRoller fine-tune uses (0.9, 0.95))."""
+    warmup_steps: int = 10
+    """Linear warm-up steps from warmup_ratio * lr to lr; cosine decay to min_lr_ratio * lr after."""
+    warmup_ratio: float = 1.0 / 3
+    """Learning-rate factor at step 0 (mmcv's default warm-up ratio)."""
+    min_lr_ratio: float = 1e-3
+    """Learning-rate factor at the last step."""
+    grad_clip: float = 35.0
+    """Max global gradient norm (VAD: 35)."""
+    seed: int = 0
+    """Seeds model init, dropout and the data order (epoch e shuffles with seed and e)."""
+    device: str = "cpu"
+    """torch device string."""
+    resume: bool = False
+    """Continue the run in `out` after its last finished epoch."""
+    max_samples: int | None = None
+    """Use only the first N samples of the split (quick runs)."""
+    split: str = "train"
+    """Index split to train on."""
+    dataroot: Path | None = None
+    """Override the dataroot stored in the index."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    log_every: int = 1
+    """Write a step line to metrics.jsonl every N steps."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every N epochs (the last epoch always); resume restarts after the latest one."""
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"TrainConfig.recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"TrainConfig.max_samples must be >= 1, got {self.max_samples!r}")
+        for name in ("backbone_lr_mult", "warmup_ratio", "min_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        paths = {"index", "out", "dataroot"}
+        d = {k: Path(v) if k in paths and v is not None else v for k, v in d.items()}
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# Fields a resumed run must share with the run it continues (epochs and resume may change).
+_RESUME_FIXED = (
+    "recipe",
+    "batch_size",
+    "lr",
+    "backbone_lr_mult",
+    "weight_decay",
+    "betas",
+    "warmup_steps",
+    "seed",
+    "max_samples",
+    "split",
+)
+
+
+@dataclass
+class TrainHooks:
+    """Plug-in points for a later stage (the NetRoller fine-tune)."""
+
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    """Extra trainable modules (e.g. the adapter); checkpointed under 'hook.<name>.'."""
+    shift: Callable[[Batch, dict[str, nn.Module]], BevShift | None] | None = None
+    """Builds the BevShift for a batch from the extra modules (None: plain VAD)."""
+    dataset: Dataset | None = None
+    """Replaces the index dataset (e.g. one that adds cached latents); must yield what `collate` takes."""
+    collate: Callable[[list], Batch] = collate
+    """Collate function of that dataset."""
+    prepare: Callable[[VAD], None] | None = None
+    """Called on the freshly built VAD before the optimizer exists (e.g. load a baseline, freeze it)."""
+    freeze_model: bool = False
+    """Keep the VAD fixed (no gradients, eval mode: BatchNorm statistics and dropout frozen too)."""
+    describe: dict = field(default_factory=dict)
+    """Extra run facts logged once at the start of metrics.jsonl (e.g. samples without latents)."""
+
+
+def build_optimizer(model: VAD, extra: dict[str, nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Frozen parameters (--freeze-sm) stay out of the optimizer: no weight decay drifts them.
+    backbone = [p for p in model.backbone_parameters() if p.requires_grad]
+    backbone_ids = {id(p) for p in model.backbone_parameters()}
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
+    rest += [p for m in extra.values() for p in m.parameters() if p.requires_grad]
+    groups = [
+        {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult},
+        {"params": rest, "lr": cfg.lr},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio`."""
+    if step < cfg.warmup_steps:
+        return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_loader(dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable) -> DataLoader:
+    """The data order of an epoch depends only on (seed, epoch): what makes resume exact."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        collate_fn=collate_fn,
+        num_workers=cfg.num_workers,
+    )
+
+
+def train_step(
+    model: VAD,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    hooks: TrainHooks,
+) -> dict[str, float]:
+    """One optimizer step; returns the losses as floats plus the gradient norm."""
+    shift = hooks.shift(batch, hooks.modules) if hooks.shift is not None else None
+    out = model(batch.inputs, shift)
+    losses = vad_loss(out, batch.targets, batch.inputs.command, model.cfg)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    result = {k: float(v.detach()) for k, v in losses.items()}
+    result["grad_norm"] = float(grad_norm)
+    return result
+
+
+def _state_dict(model: VAD, extra: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, m in extra.items():
+        sd.update(
+            {f"{HOOK_PREFIX}{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+        )
+    return sd
+
+
+def _save_checkpoint(run: Path, epoch: int, model: VAD, extra: dict, optimizer, scheduler) -> None:
+    ckpt = run / "checkpoints"
+    weights = _state_dict(model, extra)
+    state = {
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "weights": f"epoch_{epoch:04d}.safetensors",
+    }
+    for name in (f"epoch_{epoch:04d}", "last"):
+        with atomic_path(ckpt / f"{name}.safetensors") as tmp:
+            save_file(weights, str(tmp))
+    with atomic_path(ckpt / f"epoch_{epoch:04d}.pt") as tmp:
+        torch.save(state, tmp)
+    # last.pt names the epoch file it belongs to and is written last: a crash before it leaves the
+    # previous epoch as the resume point.
+    with atomic_path(ckpt / "last.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Strict load with one clear line for the first mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    if missing:
+        raise ModelError(
+            f"{where}: weights lack {missing[0]} (and {len(missing) - 1} more) for this model config"
+        )
+    unexpected = sorted(set(weights) - set(own))
+    if unexpected:
+        raise ModelError(f"{where}: weights have {unexpected[0]} which this model config does not")
+    for k, v in own.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise ModelError(
+                f"{where}: {k} has shape {tuple(weights[k].shape)}, the model config expects {tuple(v.shape)}"
+            )
+    model.load_state_dict(weights)
+
+
+def _check_resume(run: Path, cfg: TrainConfig) -> None:
+    saved = TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
+    for name in _RESUME_FIXED:
+        if getattr(saved, name) != getattr(cfg, name):
+            raise ConfigError(
+                f"--resume: {run} was trained with {name}={getattr(saved, name)!r}, not {getattr(cfg, name)!r}"
+            )
+
+
+def _trim_metrics(path: Path, last_epoch: int) -> None:
+    """Drop lines of an interrupted epoch, so the log matches the checkpoint being resumed."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= last_epoch]
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+class _MetricsLog:
+    """metrics.jsonl (always) and TensorBoard (when importable)."""
+
+    def __init__(self, run: Path):
+        self.path = run / "metrics.jsonl"
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def write(self, record: dict, step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(f"{record['kind']}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig) -> SampleDataset:
+    index = read_index(cfg.index)
+    return SampleDataset(
+        index,
+        cfg.split,
+        image_size=vad_cfg.image_size,
+        dataroot=cfg.dataroot,
+        pc_range=vad_cfg.pc_range,
+        max_samples=cfg.max_samples,
+    )
+
+
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
+    """Train (or resume) a VAD run; returns the run dir."""
+    hooks = hooks or TrainHooks()
+    run = Path(cfg.out)
+    ckpt_dir = run / "checkpoints"
+    has_ckpt = (ckpt_dir / "last.pt").exists()
+    if has_ckpt and not cfg.resume:
+        raise ConfigError(
+            f"run dir {run} already has checkpoints; pass --resume to continue it or choose another --out"
+        )
+    if cfg.resume and has_ckpt:
+        _check_resume(run, cfg)
+    vad_cfg = recipe(cfg.recipe)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = VAD(vad_cfg)
+    if hooks.prepare is not None:
+        hooks.prepare(model)
+    if hooks.freeze_model:
+        model.requires_grad_(False)
+    model = model.to(device)
+    for m in hooks.modules.values():
+        m.to(device)
+    dataset = hooks.dataset if hooks.dataset is not None else build_dataset(cfg, vad_cfg)
+    steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(model, hooks.modules, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+
+    start_epoch = 1
+    if cfg.resume and has_ckpt:
+        state = torch.load(ckpt_dir / "last.pt", weights_only=False)
+        weights = load_file(str(ckpt_dir / state["weights"]))
+        _load_weights(model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, ckpt_dir)
+        for name, m in hooks.modules.items():
+            prefix = f"{HOOK_PREFIX}{name}."
+            _load_weights(
+                m, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, ckpt_dir
+            )
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"] + 1
+        _trim_metrics(run / "metrics.jsonl", state["epoch"])
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    write_json_atomic(run / "train_config.json", cfg.to_json())
+    write_json_atomic(run / "model_config.json", config_to_dict(vad_cfg))
+
+    log = _MetricsLog(run)
+    if hooks.describe and start_epoch == 1:
+        log.write({"kind": "run", "epoch": 0, **hooks.describe}, 0)
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train(not hooks.freeze_model)
+            for m in hooks.modules.values():
+                m.train()
+            sums: dict[str, float] = {}
+            loader = make_loader(dataset, cfg, epoch, hooks.collate)
+            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+            for i, batch in enumerate(bar):
+                t0 = time.perf_counter()
+                result = train_step(model, batch.to(device), optimizer, scheduler, cfg, hooks)
+                rate = len(batch.sample_tokens) / (time.perf_counter() - t0)
+                step = (epoch - 1) * steps_per_epoch + i + 1
+                for k, v in result.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{result['total']:.3f}", samples_s=f"{rate:.2f}")
+                if step % cfg.log_every == 0:
+                    lr = optimizer.param_groups[1]["lr"]
+                    log.write(
+                        {
+                            "kind": "step",
+                            "epoch": epoch,
+                            "step": step,
+                            "lr": lr,
+                            "samples_per_s": rate,
+                            **result,
+                        },
+                        step,
+                    )
+            means = {k: v / steps_per_epoch for k, v in sums.items()}
+            log.write(
+                {"kind": "epoch", "epoch": epoch, "step": epoch * steps_per_epoch, **means},
+                epoch * steps_per_epoch,
+            )
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                _save_checkpoint(run, epoch, model, hooks.modules, optimizer, scheduler)
+    finally:
+        log.close()
+    return run
+
+
+def read_metrics(run: Path, kind: str = "epoch") -> list[dict]:
+    """The run's metrics lines of one kind ("step" or "epoch")."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [
+        r for r in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()) if r["kind"] == kind
+    ]
+
+
+def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig]:
+    """The trained VAD of a run dir (last checkpoint), in eval mode, with its configs."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ModelError(f"run dir not found: {run}")
+    for name in ("train_config.json", "model_config.json", "checkpoints/last.safetensors"):
+        if not (run / name).is_file():
+            raise ModelError(f"{run}: not a finished training run (no {name})")
+    try:
+        train_cfg = TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
+        vad_cfg = config_from_dict(json.loads((run / "model_config.json").read_text()))
+    except (ValueError, TypeError) as err:
+        raise ModelError(f"{run}: unreadable config ({err})") from err
+    model = VAD(vad_cfg)
+    weights = load_file(str(run / "checkpoints" / "last.safetensors"))
+    _load_weights(
+        model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, run / "checkpoints"
+    )
+    return model.to(device).eval(), vad_cfg, train_cfg

@@ -1,0 +1,135 @@
+"""The train stage: run dir, exact resume, overfitting, load_run errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from netroller.cli.main import main
+from netroller.data.dataset import SampleDataset, collate
+from netroller.data.index import read_index
+from netroller.errors import ConfigError, ModelError
+from netroller.models.vad.config import config_to_dict, vad_tiny
+from netroller.stages.train import TrainConfig, TrainHooks, load_run, read_metrics, train
+
+
+def config(vad_index, out, **over) -> TrainConfig:
+    kw = dict(index=vad_index, out=out, recipe="debug", epochs=1, batch_size=2, seed=3, warmup_steps=1)
+    kw.update(over)
+    return TrainConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(vad_index, tmp_path_factory):
+    return train(config(vad_index, tmp_path_factory.mktemp("runs") / "one"))
+
+
+def test_train_writes_configs_checkpoints_and_metrics(one_epoch_run):
+    names = {p.name for p in (one_epoch_run / "checkpoints").iterdir()}
+    assert {"epoch_0001.safetensors", "epoch_0001.pt", "last.safetensors", "last.pt"} <= names
+    assert json.loads((one_epoch_run / "train_config.json").read_text())["recipe"] == "debug"
+    steps = read_metrics(one_epoch_run, "step")
+    assert len(steps) == 2 and {"total", "plan_reg", "lr", "samples_per_s", "grad_norm"} <= set(steps[0])
+    assert len(read_metrics(one_epoch_run, "epoch")) == 1
+
+
+class InterruptAtStep:
+    """A shift hook that interrupts training before the given step, as a Ctrl-C or a killed job would."""
+
+    def __init__(self, step: int):
+        self.step, self.calls = step, 0
+
+    def __call__(self, batch, modules):
+        self.calls += 1
+        if self.calls == self.step:
+            raise KeyboardInterrupt
+        return None
+
+
+def test_resume_equals_uninterrupted_training(vad_index, tmp_path):
+    straight = train(config(vad_index, tmp_path / "straight", epochs=2))
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(vad_index, resumed, epochs=2), TrainHooks(shift=InterruptAtStep(4)))  # mid epoch 2
+    train(config(vad_index, resumed, epochs=2, resume=True))
+    a, b = read_metrics(straight, "step"), read_metrics(resumed, "step")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["total"] for r in a] == pytest.approx([r["total"] for r in b], rel=1e-6, abs=1e-7)
+    wa, wb = load_run(straight)[0].state_dict(), load_run(resumed)[0].state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def test_train_refuses_an_existing_run_without_resume(vad_index, one_epoch_run):
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config(vad_index, one_epoch_run))
+
+
+def test_resume_refuses_a_changed_seed(vad_index, one_epoch_run):
+    with pytest.raises(ConfigError, match="seed=3"):
+        train(config(vad_index, one_epoch_run, epochs=2, seed=4, resume=True))
+
+
+def test_train_config_rejects_unknown_recipe(vad_index, tmp_path):
+    with pytest.raises(ConfigError, match="recipe 'vad-huge'"):
+        config(vad_index, tmp_path, recipe="vad-huge")
+
+
+def test_load_run_of_a_missing_run_fails(tmp_path):
+    with pytest.raises(ModelError, match="run dir not found"):
+        load_run(tmp_path / "nope")
+
+
+def test_load_run_with_another_recipes_weights_fails(one_epoch_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(one_epoch_run, other)
+    (other / "model_config.json").write_text(json.dumps(config_to_dict(vad_tiny())))
+    with pytest.raises(ModelError, match="shape|lack|have"):
+        load_run(other)
+
+
+def test_load_run_returns_an_eval_model_with_its_configs(one_epoch_run):
+    model, vad_cfg, train_cfg = load_run(one_epoch_run)
+    assert not model.training and vad_cfg.bev_h == 20 and train_cfg.seed == 3
+
+
+def test_debug_overfits_a_few_samples(vad_index, tmp_path):
+    run = train(
+        config(
+            vad_index,
+            tmp_path / "fit",
+            epochs=40,
+            lr=4e-3,
+            max_samples=2,
+            warmup_steps=3,
+            checkpoint_every=40,
+        )
+    )
+    model, cfg, _ = load_run(run)
+    ds = SampleDataset(read_index(vad_index), "train", image_size=cfg.image_size, max_samples=2)
+    batch = collate([ds[0], ds[1]])
+    with torch.no_grad():
+        plan = model(batch.inputs).plan_for(batch.inputs.command)
+    err = (plan - batch.targets.ego_fut_traj).norm(dim=-1)  # [B, T]
+    mask = batch.targets.ego_fut_mask
+    l2 = float((err * mask).sum() / mask.sum())
+    assert l2 < 0.3, l2
+
+
+def test_cli_train_runs_and_reports_bad_recipe(vad_index, tmp_path):
+    out = tmp_path / "cli"
+    code = main(
+        ["train", "--index", str(vad_index), "--out", str(out), "--max-samples", "2", "--batch-size", "2"]
+    )
+    assert code == 0 and (out / "checkpoints" / "last.safetensors").is_file()
+    assert main(["train", "--index", str(vad_index), "--out", str(tmp_path / "x"), "--recipe", "nope"]) == 2
+    assert np.isfinite(read_metrics(out, "epoch")[0]["total"])
+
+
+def test_losses_decrease_on_the_synthetic_set(index_path, tmp_path):
+    run = train(config(index_path, tmp_path / "synth", epochs=4, max_samples=4, lr=1e-3, warmup_steps=2))
+    epochs = [r["total"] for r in read_metrics(run, "epoch")]
+    assert len(epochs) == 4 and epochs[-1] < epochs[0]
