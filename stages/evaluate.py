@@ -1,0 +1,303 @@
+"""The `eval` stage: run a trained VAD on a split, score it in VAD's conventions, write RUN/<out_name>/.
+
+Outputs, all written into a temporary folder that is renamed onto RUN/<out_name> at the end (a reader sees
+the previous evaluation or the complete new one, never a half-written mix):
+    metrics.json         flat keys: plan_l2_{1,2,3}s, plan_l2_at_{1,2,3}s, plan_col_{1,2,3}s, det_nds,
+                         det_map, det_ap_<class>, map_ap, map_ap_<class>, num_samples, recipe, ...
+    predictions.parquet  one row per sample: plan / GT trajectory, command, boxes, map vectors (flattened)
+    results_nusc.json    the detection submission (global frame) the devkit scored
+    report.md            metric table, provenance notes, plots
+    plots/               bev_<i>.png and cam_front_<i>.png for the first `num_plots` samples
+
+Usage:
+    netroller eval --run work/runs/baseline --index work/index.parquet --split val
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from netroller.data.index import Index, SampleRecord, read_index
+from netroller.data.nusc import open_nuscenes
+from netroller.errors import ConfigError, ModelError
+from netroller.metrics.detection import detection_metrics, eval_set_for, to_submission
+from netroller.metrics.map_ap import map_ap
+from netroller.metrics.planning import plan_collision, plan_l2
+from netroller.metrics.plots import plot_bev, plot_front_camera
+from netroller.metrics.report import data_note, gm_note, is_synthetic, metrics_json, render_report
+from netroller.storage.atomic import atomic_path
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to evaluate and where the results go."""
+
+    run: Path
+    """Run folder written by `train` (train_config.json, model_config.json, checkpoints/last.safetensors)."""
+    index: Path
+    """Sample index (Parquet) of the dataset to evaluate on."""
+    split: Literal["train", "val"] = "val"
+    """Index split to evaluate (nuScenes val for parity with the paper)."""
+    out_name: str = "eval"
+    """Name of the output folder inside the run (variants such as eval-lag3 sit beside it)."""
+    batch_size: int = 4
+    """Samples per forward pass."""
+    max_samples: int | None = None
+    """Evaluate only the first N samples of the split (None: all)."""
+    device: str = "cpu"
+    """Torch device for the model."""
+    dataroot: Path | None = None
+    """nuScenes root, if it moved since the index was written (default: the index's own)."""
+    num_plots: int = 3
+    """How many samples get BEV and front-camera pictures."""
+    cache: Path | None = None
+    """Latent cache for a NetRoller run (refused unless its key matches the one the run was trained on)."""
+    latent_lag: int = 0
+    """NetRoller: the sample at t gets the latents of t - lag in the same scene (none before the scene has them)."""
+    shuffle_latents: bool = False
+    """NetRoller control: every sample gets another sample's latents (fixed permutation, no fixed points)."""
+    shuffle_seed: int = 0
+    """Seed of that permutation."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "index", Path(self.index))
+        if self.dataroot is not None:
+            object.__setattr__(self, "dataroot", Path(self.dataroot))
+        if self.split not in ("train", "val"):
+            raise ConfigError(f"EvalConfig.split must be 'train' or 'val', got {self.split!r}")
+        if not self.out_name or "/" in self.out_name or self.out_name.startswith("."):
+            raise ConfigError(f"EvalConfig.out_name must be a plain folder name, got {self.out_name!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"EvalConfig.batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
+            raise ConfigError(
+                f"EvalConfig.max_samples must be a positive integer or None, got {self.max_samples!r}"
+            )
+        if self.cache is not None:
+            object.__setattr__(self, "cache", Path(self.cache))
+        if not isinstance(self.latent_lag, int) or self.latent_lag < 0:
+            raise ConfigError(f"EvalConfig.latent_lag must be an integer >= 0, got {self.latent_lag!r}")
+        if not isinstance(self.num_plots, int) or self.num_plots < 0:
+            raise ConfigError(f"EvalConfig.num_plots must be an integer >= 0, got {self.num_plots!r}")
+
+
+def variant_name(latent_lag: int = 0, shuffle_latents: bool = False) -> str:
+    """The eval folder of a latent variant: eval, eval-lag3, eval-shuffled, eval-lag3-shuffled."""
+    name = "eval"
+    if latent_lag:
+        name += f"-lag{latent_lag}"
+    if shuffle_latents:
+        name += "-shuffled"
+    return name
+
+
+def predict(model, vad_cfg, index: Index, cfg: EvalConfig, dataroot: Path, roller=None, latents=None) -> list:
+    """Decoded predictions (`VADPrediction`) of the first `max_samples` samples of the split, in order.
+
+    With a NetRoller adapter (`roller`) each batch carries the latents of `latents` (a LatentSource) for the
+    samples chosen by the lag / shuffle settings, and the adapter shifts the BEV.
+    """
+    from netroller.data.dataset import SampleDataset, collate
+    from netroller.data.latents import LatentCollate, LatentDataset, latent_sources
+    from netroller.models.vad.outputs import decode
+
+    dataset = SampleDataset(
+        index, cfg.split, image_size=vad_cfg.image_size, dataroot=dataroot, max_samples=cfg.max_samples
+    )
+    collate_fn = collate
+    if roller is not None:
+        sources = latent_sources(
+            index, dataset.records, lag=cfg.latent_lag, shuffle=cfg.shuffle_latents, seed=cfg.shuffle_seed
+        )
+        dataset = LatentDataset(dataset, sources)
+        collate_fn = LatentCollate(latents, collate)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_fn
+    )
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="batch"):
+            batch = batch.to(cfg.device)
+            shift = None
+            if roller is not None:
+                lat = batch.latents
+                shift = roller.shift(lat.hidden, lat.length, lat.present)
+            outputs = model(batch.inputs, shift)
+            preds.extend(decode(outputs, batch))
+    return preds
+
+
+def _open_run_latents(meta: dict | None, cfg: EvalConfig):
+    """The run's latent source from --cache, after checking the cache key against the run's."""
+    from netroller.data.latents import CachedLatents
+    from netroller.stages.finetune import check_key
+    from netroller.storage.reader import CacheReader
+
+    if meta is None:
+        if cfg.cache is not None or cfg.latent_lag or cfg.shuffle_latents:
+            raise ConfigError(
+                f"{cfg.run} is a VAD-only run (no NetRoller adapter): --cache, --latent-lag and "
+                "--shuffle-latents do not apply"
+            )
+        return None
+    if cfg.cache is None:
+        raise ConfigError(f"{cfg.run} is a NetRoller run: give the latent cache with --cache")
+    reader = CacheReader(cfg.cache)
+    key = reader.key
+    check_key(meta["latents_key"], key.to_dict() | {"layers": list(key.layers)}, where=str(cfg.cache))
+    positions = tuple(key.layers.index(layer) for layer in meta["latents_key"]["layers"])
+    return CachedLatents(reader, positions)
+
+
+def compute_metrics(
+    preds: list, records: dict[str, SampleRecord], *, nusc, eval_set: str, work: Path
+) -> dict:
+    """Planning, detection and map metrics of decoded predictions; `work` receives results_nusc.json."""
+    recs = [records[p.sample_token] for p in preds]
+    out: dict = {}
+    out.update(
+        plan_l2(
+            np.stack([p.plan_traj for p in preds]),
+            np.stack([r.ego_fut_traj for r in recs]),
+            np.stack([r.ego_fut_mask for r in recs]),
+        )
+    )
+    out.update(
+        plan_collision(
+            [
+                {
+                    "plan": p.plan_traj,
+                    "gt_traj": r.ego_fut_traj,
+                    "gt_mask": r.ego_fut_mask,
+                    "boxes": r.gt_boxes,
+                    "labels": r.gt_labels,
+                    "fut_traj": r.gt_fut_traj,
+                    "fut_mask": r.gt_fut_mask,
+                }
+                for p, r in zip(preds, recs, strict=True)
+            ]
+        )
+    )
+    submission = work / "results_nusc.json"
+    submission.write_text(json.dumps(to_submission(preds, records)))
+    out.update(detection_metrics(nusc, submission, {r.sample_token: r for r in recs}, eval_set=eval_set))
+    out.update(
+        map_ap(
+            preds,
+            {r.sample_token: r.map_vectors for r in recs},
+            {r.sample_token: r.map_labels for r in recs},
+        )
+    )
+    out["num_samples"] = len(preds)
+    out["num_planning_samples"] = int(sum(bool(np.all(r.ego_fut_mask > 0.5)) for r in recs))
+    return out
+
+
+def evaluate(cfg: EvalConfig) -> Path:
+    """Evaluate the run on the split; returns RUN/<out_name>. ModelError for a missing or mismatched run."""
+    from netroller.stages.finetune import load_netroller_run
+
+    if not cfg.run.is_dir():
+        raise ModelError(f"run folder not found: {cfg.run}")
+    model, roller, meta, vad_cfg, train_cfg = load_netroller_run(cfg.run, device=cfg.device)
+    latents = _open_run_latents(meta, cfg)
+    index = read_index(cfg.index)
+    dataroot = index.dataroot(cfg.dataroot)
+    eval_set = eval_set_for(index.meta.version, cfg.split)
+    nusc = open_nuscenes(dataroot, index.meta.version)  # before inference: a broken dataroot fails fast
+    preds = predict(model, vad_cfg, index, cfg, dataroot, roller=roller, latents=latents)
+    records = {r.sample_token: r for r in index.split(cfg.split)}
+    target = cfg.run / cfg.out_name
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp)
+        metrics["recipe"] = train_cfg.recipe
+        metrics["split"] = cfg.split
+        if roller is not None:
+            nr = meta["netroller"]
+            metrics["netroller_mode"] = nr["mode"]
+            metrics["netroller_shift"] = nr["shift"]
+            metrics["latent_lag"] = cfg.latent_lag
+            metrics["shuffled_latents"] = cfg.shuffle_latents
+            metrics["samples_without_latents"] = _count_without_latents(preds, index, cfg, latents)
+        (tmp / "metrics.json").write_text(metrics_json(metrics))
+        write_predictions(preds, records, tmp / "predictions.parquet")
+        plots = _plots(preds[: cfg.num_plots], records, dataroot, tmp / "plots")
+        scenes = {records[p.sample_token].scene_token for p in preds}
+        synthetic = is_synthetic(nusc.get("scene", t)["description"] for t in scenes)
+        notes = [
+            data_note(dataroot, index.meta.version, synthetic=synthetic),
+            gm_note(cfg.cache if roller is not None else None),
+        ]
+        report = render_report(metrics, run=cfg.run, split=cfg.split, notes=notes, plots=plots)
+        (tmp / "report.md").write_text(report)
+    return target
+
+
+def _count_without_latents(preds: list, index: Index, cfg: EvalConfig, latents) -> int:
+    """Evaluated samples whose adapter saw only the nonsensical token (lag before the scene, failed harvest)."""
+    from netroller.data.latents import latent_sources
+
+    records = [index[p.sample_token] for p in preds]
+    sources = latent_sources(
+        index, records, lag=cfg.latent_lag, shuffle=cfg.shuffle_latents, seed=cfg.shuffle_seed
+    )
+    return sum(t is None or t not in latents.reader for t in sources)
+
+
+def write_predictions(preds: list, records: dict[str, SampleRecord], path: Path) -> Path:
+    """predictions.parquet: one row per sample; ragged arrays flattened with their count beside them.
+
+    Shapes: plan_traj / gt_traj (6, 2), gt_mask (6,), boxes (num_boxes, 9), scores / labels (num_boxes,),
+    map_vectors (num_map, P, 2), map_scores / map_labels (num_map,); all lidar frame, index conventions.
+    """
+
+    def flat(arrays, dtype) -> pa.Array:
+        return pa.array(
+            [np.asarray(a, dtype=dtype).reshape(-1) for a in arrays],
+            type=pa.list_(pa.from_numpy_dtype(dtype)),
+        )
+
+    recs = [records[p.sample_token] for p in preds]
+    table = pa.table(
+        {
+            "sample_token": pa.array([p.sample_token for p in preds], type=pa.string()),
+            "command": pa.array([r.command for r in recs], type=pa.int64()),
+            "plan_traj": flat([p.plan_traj for p in preds], np.float32),
+            "gt_traj": flat([r.ego_fut_traj for r in recs], np.float32),
+            "gt_mask": flat([r.ego_fut_mask for r in recs], np.float32),
+            "num_boxes": pa.array([len(p.scores) for p in preds], type=pa.int64()),
+            "boxes": flat([p.boxes for p in preds], np.float32),
+            "scores": flat([p.scores for p in preds], np.float32),
+            "labels": flat([p.labels for p in preds], np.int64),
+            "num_map": pa.array([len(p.map_scores) for p in preds], type=pa.int64()),
+            "map_vectors": flat([p.map_vectors for p in preds], np.float32),
+            "map_scores": flat([p.map_scores for p in preds], np.float32),
+            "map_labels": flat([p.map_labels for p in preds], np.int64),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def _plots(preds: list, records: dict[str, SampleRecord], dataroot: Path, folder: Path) -> list[str]:
+    """Write the pictures; returns their paths relative to the eval folder (for the report)."""
+    folder.mkdir()
+    names = []
+    for i, p in enumerate(tqdm(preds, desc="plots", unit="sample", leave=False)):
+        rec = records[p.sample_token]
+        plot_bev(rec, p, folder / f"bev_{i}.png")
+        plot_front_camera(rec, p, dataroot, folder / f"cam_front_{i}.png")
+        names += [f"plots/bev_{i}.png", f"plots/cam_front_{i}.png"]
+    return names
