@@ -1,0 +1,331 @@
+"""The NetRoller fine-tune: a trained VAD + the adapter, reading GM latents from the cache.
+
+    netroller train --index work/index.parquet --cache work/cache --init work/runs/baseline \\
+        --mode bias --shift query --out work/runs/bias-query
+    netroller train ... --latent-lag 3            # the SM at t gets the GM latents of t-3 (same scene)
+    netroller train ... --online --model PATH     # the authors' way: the GM inside the training loop
+
+The GM is never loaded for a cache run. The run dir is a normal training run (see `netroller.stages.train`)
+plus `netroller.json`: the adapter settings and the key of the latents it was trained on, so that eval and
+resume refuse a cache built differently (naming the field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from netroller.data.dataset import collate
+from netroller.data.index import read_index
+from netroller.data.latents import (
+    CachedLatents,
+    LatentCollate,
+    LatentDataset,
+    LatentSource,
+    OnlineLatents,
+    latent_sources,
+)
+from netroller.errors import CacheKeyMismatchError, ConfigError, ModelError
+from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
+from netroller.models.vad.config import recipe
+from netroller.models.vad.model import VAD
+from netroller.stages.train import (
+    HOOK_PREFIX,
+    TrainConfig,
+    TrainHooks,
+    _load_weights,
+    build_dataset,
+    load_run,
+    train,
+)
+from netroller.storage.atomic import write_json_atomic
+
+NETROLLER_FILE = "netroller.json"
+# Key fields a run and the latents it reads must share.
+KEY_FIELDS = ("model", "model_hash", "processor_hash", "prompt_hash", "tokens", "hidden_size", "dtype")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetRollerConfig:
+    """The adapter and where its latents come from (saved as netroller.json in the run dir)."""
+
+    cache: Path | None = None
+    """Latent cache written by `harvest` (None only with `online`)."""
+    init: Path | None = None
+    """Baseline SM to start from: a run dir or a .safetensors file (None: random init, for tests)."""
+    mode: AdapterMode = AdapterMode.BIAS
+    """bias: 1 roller vector added to every BEV cell; tf: 8 roller tokens the BEV cross-attends to."""
+    shift: ShiftPlace = ShiftPlace.QUERY
+    """query: shift the BEV queries before the encoder; feature: the BEV features after it."""
+    latent_lag: int = 0
+    """The SM at sample t gets the GM latents of the keyframe t - lag of the same scene."""
+    shuffle_latents: bool = False
+    """Control: every sample gets another sample's latents (a fixed permutation without fixed points)."""
+    freeze_sm: bool = False
+    """Train the adapter only."""
+    layers_used: str = "all"
+    """GM layers fed to the adapter, a subset of the cache's: "all", "-1" (last), "0,15,31"."""
+    layer_embedding: bool = True
+    """The positional layer embedding (ablation: off)."""
+    online: bool = False
+    """Run the GM inside the loop (the authors' way) instead of reading the cache."""
+    model: str | None = None
+    """Online: the GM (None: the embedded tiny GM)."""
+    tokens: int = 1
+    """Online: T positions per sample."""
+    layers: str = "all"
+    """Online: GM layers captured."""
+    prompt: str | None = None
+    """Online: question template (None: the default)."""
+    drivelm: Path | None = None
+    """Online: per-sample DriveLM questions."""
+    dtype: str = "float16"
+    """Online: latents are rounded through this dtype, as a harvest with it would store them."""
+    shuffle_seed: int = 0
+    """Seed of the shuffled-latent permutation."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up length in epochs (the authors: 1); sets TrainConfig.warmup_steps from the data size."""
+
+    def __post_init__(self) -> None:
+        for name, enum in (("mode", AdapterMode), ("shift", ShiftPlace)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                choices = " | ".join(e.value for e in enum)
+                raise ConfigError(
+                    f"NetRollerConfig.{name} must be {choices}, got {getattr(self, name)!r}"
+                ) from None
+        for name in ("cache", "init", "drivelm"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.online == (self.cache is not None):
+            raise ConfigError(
+                "NetRollerConfig: give exactly one of cache (read latents) and online (run the GM)"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"NetRollerConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.latent_lag < 0:
+            raise ConfigError(f"NetRollerConfig.latent_lag must be >= 0, got {self.latent_lag}")
+        if self.tokens < 1:
+            raise ConfigError(f"NetRollerConfig.tokens must be >= 1, got {self.tokens}")
+        if self.dtype not in ("float16", "float32", "bfloat16"):
+            raise ConfigError(
+                f"NetRollerConfig.dtype must be float16, float32 or bfloat16, got {self.dtype!r}"
+            )
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {
+            k: str(v) if isinstance(v, Path) else (v.value if hasattr(v, "value") else v)
+            for k, v in d.items()
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> NetRollerConfig:
+        return cls(**d)
+
+
+def finetune_c1(index: Path, out: Path, **overrides) -> TrainConfig:
+    """The authors' c1 fine-tune: AdamW lr 3.125e-5 (1e-3 x 8 / 256), betas (0.9, 0.95), wd 0.02,
+    grad clip 5, backbone lr x0.1, 5 epochs; the 1-epoch warm-up comes from NetRollerConfig.warmup_epochs."""
+    base = dict(
+        index=index,
+        out=out,
+        epochs=5,
+        lr=3.125e-5,
+        betas=(0.9, 0.95),
+        weight_decay=0.02,
+        grad_clip=5.0,
+        backbone_lr_mult=0.1,
+        warmup_ratio=1.0 / 3,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@dataclass(frozen=True)
+class LatentSetup:
+    """The latent side of a run: where latents come from, their key, and which layers the adapter sees."""
+
+    source: LatentSource
+    key: dict  # KEY_FIELDS + "layers": the layers the adapter is fed
+    cache_layers: tuple[int, ...]
+    layer_positions: tuple[int, ...]
+    hidden_size: int
+
+
+def _used_layers(spec: str, available: tuple[int, ...], num_model_layers: int) -> tuple[int, ...]:
+    from netroller.models.gm.capture import resolve_layers
+
+    used = resolve_layers(spec, num_model_layers)
+    missing = [layer for layer in used if layer not in available]
+    if missing:
+        raise ConfigError(
+            f"--layers-used {spec!r} asks for GM layers {missing} that the latents do not hold "
+            f"(they hold {list(available)})"
+        )
+    return used
+
+
+def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = None) -> LatentSetup:
+    """Open the cache (or load the GM for online runs) and resolve the layers the adapter sees."""
+    if not nr.online:
+        from netroller.storage.reader import CacheReader
+
+        reader = CacheReader(nr.cache)
+        key = reader.key
+        used = _used_layers(nr.layers_used, key.layers, key.num_model_layers)
+        positions = tuple(key.layers.index(layer) for layer in used)
+        run_key = {f: getattr(key, f) for f in KEY_FIELDS} | {"layers": list(used)}
+        return LatentSetup(CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size)
+
+    from netroller.models.gm.capture import LatentCapturer, resolve_layers
+    from netroller.models.gm.loader import load_gm
+    from netroller.models.gm.prompts import PromptSource
+    from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
+
+    model = nr.model or str(build_tiny_gm(default_tiny_gm_path()))
+    gm = load_gm(model)
+    captured = resolve_layers(nr.layers, gm.num_layers)
+    used = _used_layers(nr.layers_used, captured, gm.num_layers)
+    prompts = (
+        PromptSource.drivelm(nr.drivelm, fallback=nr.prompt)
+        if nr.drivelm
+        else PromptSource.template(nr.prompt)
+    )
+    capturer = LatentCapturer(gm, layers=used, tokens=nr.tokens)
+    index = read_index(index_path)
+    source = OnlineLatents(capturer, prompts, index, index.dataroot(dataroot), dtype=nr.dtype)
+    run_key = {
+        "model": model,
+        "model_hash": gm.model_hash,
+        "processor_hash": gm.processor_hash,
+        "prompt_hash": prompts.hash(),
+        "tokens": nr.tokens,
+        "hidden_size": gm.hidden_size,
+        "dtype": nr.dtype,
+        "layers": list(used),
+    }
+    return LatentSetup(source, run_key, captured, tuple(range(len(used))), gm.hidden_size)
+
+
+def check_key(run_key: dict, latents_key: dict, *, where: str) -> None:
+    """Refuse latents whose key differs from the run's (names the first differing field)."""
+    for name in (*KEY_FIELDS, "layers"):
+        mine, theirs = run_key.get(name), latents_key.get(name)
+        if name == "layers":
+            if not set(mine or []) <= set(theirs or []):
+                raise CacheKeyMismatchError(
+                    f"{where}: layers: the run was trained on GM layers {mine}, the latents hold {theirs}"
+                )
+        elif mine != theirs:
+            raise CacheKeyMismatchError(
+                f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}"
+            )
+
+
+def _init_weights(init: Path) -> tuple[dict, Path]:
+    path = init / "checkpoints" / "last.safetensors" if init.is_dir() else init
+    if not path.is_file():
+        raise ModelError(f"--init: no baseline weights at {path} (give a run dir or a .safetensors file)")
+    weights = load_file(str(path))
+    return {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, path
+
+
+def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
+    """Train VAD + the NetRoller adapter from latents; returns the run dir."""
+    run = Path(cfg.out)
+    setup = open_latents(nr, cfg.index, cfg.dataroot)
+    saved = run / NETROLLER_FILE
+    if cfg.resume and saved.is_file():
+        previous = json.loads(saved.read_text())
+        check_key(previous["latents_key"], setup.key, where=str(nr.cache or "online GM"))
+        if previous["netroller"] != nr.to_json():
+            raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
+
+    vad_cfg = recipe(cfg.recipe)
+    init = _init_weights(nr.init) if nr.init is not None else None
+
+    def prepare(model: VAD) -> None:
+        if init is not None:
+            _load_weights(model, init[0], init[1])
+
+    base = build_dataset(cfg, vad_cfg)
+    index = read_index(cfg.index)
+    sources = latent_sources(
+        index, base.records, lag=nr.latent_lag, shuffle=nr.shuffle_latents, seed=nr.shuffle_seed
+    )
+    without = sum(t is None for t in sources)
+    failed = 0
+    if not nr.online:
+        reader = setup.source.reader
+        failed = sum(t is not None and t not in reader for t in sources)
+    adapter_cfg = AdapterConfig(
+        gm_hidden=setup.hidden_size,
+        gm_layers=len(setup.layer_positions),
+        out_dim=vad_cfg.embed_dims,
+        mode=nr.mode,
+        shift=nr.shift,
+        layer_embedding=nr.layer_embedding,
+    )
+    roller = NetRoller(adapter_cfg)
+    steps_per_epoch = -(-len(base) // cfg.batch_size)
+    cfg = dataclasses.replace(cfg, warmup_steps=round(nr.warmup_epochs * steps_per_epoch))
+
+    hooks = TrainHooks(
+        modules={"netroller": roller},
+        shift=lambda batch, modules: modules["netroller"].shift(
+            batch.latents.hidden, batch.latents.length, batch.latents.present
+        ),
+        dataset=LatentDataset(base, sources),
+        collate=LatentCollate(setup.source, collate),
+        prepare=prepare,
+        freeze_model=nr.freeze_sm,
+        describe={
+            "samples": len(base),
+            "samples_without_latents": without + failed,
+            "no_earlier_frame_for_lag": without,
+            "failed_in_harvest": failed,
+            "latent_lag": nr.latent_lag,
+            "shuffled": nr.shuffle_latents,
+        },
+    )
+    print(
+        f"NetRoller {nr.mode.value}/{nr.shift.value}: {len(base)} samples, "
+        f"{without + failed} without latents ({without} before the lag's first frame, {failed} failed in harvest)"
+    )
+    if not cfg.resume or not saved.is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            saved,
+            {"netroller": nr.to_json(), "adapter": _adapter_json(adapter_cfg), "latents_key": setup.key},
+        )
+    return train(cfg, hooks)
+
+
+def _adapter_json(cfg: AdapterConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def load_netroller_run(
+    run: Path, *, device: str = "cpu"
+) -> tuple[VAD, NetRoller | None, dict | None, object, object]:
+    """(VAD, NetRoller or None, netroller.json or None, VADConfig, TrainConfig) of a finished run."""
+    model, vad_cfg, train_cfg = load_run(run, device=device)
+    saved = Path(run) / NETROLLER_FILE
+    if not saved.is_file():
+        return model, None, None, vad_cfg, train_cfg
+    meta = json.loads(saved.read_text())
+    adapter_cfg = AdapterConfig(**meta["adapter"])
+    roller = NetRoller(adapter_cfg)
+    weights = load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
+    prefix = f"{HOOK_PREFIX}netroller."
+    _load_weights(
+        roller, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, Path(run)
+    )
+    return model, roller.to(device).eval(), meta, vad_cfg, train_cfg

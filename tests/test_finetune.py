@@ -1,0 +1,175 @@
+"""The NetRoller fine-tune: train --cache from a baseline, eval variants, lag, shuffle, keys, online."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from netroller.cli.main import main
+from netroller.data.index import read_index
+from netroller.data.latents import CachedLatents, derangement, latent_sources
+from netroller.errors import CacheKeyMismatchError, ConfigError
+from netroller.stages.evaluate import EvalConfig, evaluate
+from netroller.stages.finetune import NetRollerConfig, check_key, finetune, finetune_c1, open_latents
+from netroller.stages.train import TrainConfig, train
+from netroller.storage.reader import CacheReader
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def baseline(index_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    return train(TrainConfig(index=index_path, out=out, epochs=1, max_samples=2))
+
+
+@pytest.fixture(scope="module")
+def bias_run(index_path, tiny_cache, baseline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "bias-query"
+    cfg = finetune_c1(index_path, out, epochs=1, max_samples=4, lr=1e-3)
+    return finetune(cfg, NetRollerConfig(cache=tiny_cache, init=baseline, mode="bias", shift="query"))
+
+
+def test_finetune_records_settings_and_latent_key(bias_run, tiny_cache):
+    saved = json.loads((bias_run / "netroller.json").read_text())
+    key = CacheReader(tiny_cache).key
+    assert saved["netroller"]["mode"] == "bias" and saved["netroller"]["shift"] == "query"
+    assert saved["latents_key"]["model_hash"] == key.model_hash
+    assert saved["latents_key"]["layers"] == list(key.layers)
+    assert saved["adapter"]["gm_hidden"] == key.hidden_size
+
+
+def test_finetune_checkpoint_holds_the_adapter(bias_run):
+    weights = load_file(str(bias_run / "checkpoints" / "last.safetensors"))
+    assert any(k.startswith("hook.netroller.adapter.") for k in weights)
+
+
+def test_finetune_uses_the_authors_c1_optimizer(bias_run):
+    cfg = json.loads((bias_run / "train_config.json").read_text())
+    assert cfg["betas"] == [0.9, 0.95] and cfg["weight_decay"] == 0.02 and cfg["grad_clip"] == 5.0
+    assert cfg["warmup_steps"] == 2  # one epoch of 4 samples at batch 2
+
+
+def test_finetune_starts_from_the_baseline(index_path, tiny_cache, baseline, tmp_path):
+    base = load_file(str(baseline / "checkpoints" / "last.safetensors"))
+    cfg = finetune_c1(index_path, tmp_path / "frozen", epochs=1, max_samples=2, lr=1e-3)
+    run = finetune(cfg, NetRollerConfig(cache=tiny_cache, init=baseline, freeze_sm=True))
+    after = load_file(str(run / "checkpoints" / "last.safetensors"))
+    for k, v in base.items():
+        torch.testing.assert_close(after[k], v, msg=f"frozen SM weight {k} changed")
+    adapter = [k for k in after if k.startswith("hook.netroller.")]
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert adapter and log[0]["kind"] == "run" and log[0]["samples"] == 2
+
+
+def test_eval_of_a_netroller_run_and_its_variants(bias_run, index_path, tiny_cache):
+    for lag, shuffle, name in [(0, False, "eval"), (1, False, "eval-lag1"), (0, True, "eval-shuffled")]:
+        cfg = EvalConfig(
+            run=bias_run,
+            index=index_path,
+            max_samples=3,
+            num_plots=0,
+            cache=tiny_cache,
+            latent_lag=lag,
+            shuffle_latents=shuffle,
+            out_name=name,
+        )
+        metrics = json.loads((evaluate(cfg) / "metrics.json").read_text())
+        assert metrics["latent_lag"] == lag and metrics["shuffled_latents"] == shuffle
+        assert np.isfinite(metrics["plan_l2_1s"] or 0.0)
+    lagged = json.loads((bias_run / "eval-lag1" / "metrics.json").read_text())
+    assert lagged["samples_without_latents"] >= 1  # the val scene's first keyframe has no earlier frame
+
+
+def test_eval_of_a_netroller_run_needs_the_cache(bias_run, index_path):
+    with pytest.raises(ConfigError, match="NetRoller run: give the latent cache with --cache"):
+        evaluate(EvalConfig(run=bias_run, index=index_path, max_samples=1, num_plots=0))
+
+
+def test_cli_train_cache_then_eval(index_path, tiny_cache, baseline, tmp_path):
+    out = tmp_path / "tf-feature"
+    args = ["train", "--index", str(index_path), "--cache", str(tiny_cache), "--init", str(baseline)]
+    args += ["--mode", "tf", "--shift", "feature", "--epochs", "1", "--max-samples", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "netroller.json").read_text())["adapter"]["mode"] == "tf"
+    code = main(
+        ["eval", "--run", str(out), "--index", str(index_path), "--cache", str(tiny_cache)]
+        + ["--max-samples", "2", "--num-plots", "0", "--shuffle-latents"]
+    )
+    assert code == 0 and (out / "eval-shuffled" / "metrics.json").is_file()
+
+
+def test_cli_bad_mode_is_one_line(index_path, tiny_cache, tmp_path, capsys):
+    code = main(
+        ["train", "--index", str(index_path), "--cache", str(tiny_cache), "--mode", "big"]
+        + ["--out", str(tmp_path / "r")]
+    )
+    assert code == 2
+    assert "mode must be bias | tf, got 'big'" in capsys.readouterr().err
+
+
+def test_lag_gives_the_earlier_keyframe_and_none_at_scene_start(index_path):
+    index = read_index(index_path)
+    sources = latent_sources(index, index.records, lag=2)
+    for rec, src in zip(index.records, sources, strict=True):
+        if rec.frame_index < 2:
+            assert src is None
+        else:
+            prev = index[src]
+            assert prev.scene_token == rec.scene_token and prev.frame_index == rec.frame_index - 2
+
+
+def test_shuffle_is_a_permutation_without_fixed_points():
+    for n in (2, 3, 17, 100):
+        perm = derangement(n, seed=n)
+        assert sorted(perm.tolist()) == list(range(n))
+        assert not np.any(perm == np.arange(n))
+    np.testing.assert_array_equal(derangement(10, 0), derangement(10, 0))
+
+
+def test_layers_used_selects_cache_layers(tiny_cache, index_path):
+    key = CacheReader(tiny_cache).key
+    setup = open_latents(NetRollerConfig(cache=tiny_cache, layers_used="-1"), index_path)
+    assert setup.key["layers"] == [key.layers[-1]]
+    token = read_index(index_path).records[0].sample_token
+    full = CachedLatents(CacheReader(tiny_cache), tuple(range(len(key.layers)))).get([token])
+    last = setup.source.get([token])
+    torch.testing.assert_close(last.hidden[:, 0], full.hidden[:, -1])
+
+
+def test_key_mismatch_names_the_field():
+    run_key = {
+        "model": "m",
+        "model_hash": "a",
+        "processor_hash": "p",
+        "prompt_hash": "q",
+        "tokens": 2,
+        "hidden_size": 64,
+        "dtype": "float16",
+        "layers": [0, 1],
+    }
+    with pytest.raises(CacheKeyMismatchError, match="tokens: the run was trained with 2, the latents have 1"):
+        check_key(run_key, run_key | {"tokens": 1}, where="cache")
+    with pytest.raises(CacheKeyMismatchError, match="layers: the run was trained on GM layers"):
+        check_key(run_key, run_key | {"layers": [1]}, where="cache")
+    check_key(run_key, run_key | {"layers": [0, 1, 2]}, where="cache")  # a superset is fine
+
+
+def test_online_latents_equal_cached_ones(tiny_cache, tiny_gm, index_path):
+    tokens = [r.sample_token for r in read_index(index_path).records[:2]] + [None]
+    cached = open_latents(NetRollerConfig(cache=tiny_cache), index_path).source.get(tokens)
+    online = open_latents(
+        NetRollerConfig(online=True, model=str(tiny_gm), tokens=2, layers="all"), index_path
+    ).source.get(tokens)
+    assert online.present.tolist() == cached.present.tolist() == [True, True, False]
+    assert online.length.tolist() == cached.length.tolist()
+    torch.testing.assert_close(online.hidden, cached.hidden, rtol=2e-3, atol=2e-3)
+
+
+def test_cache_and_online_together_are_refused(tiny_cache):
+    with pytest.raises(ConfigError, match="exactly one of cache"):
+        NetRollerConfig(cache=tiny_cache, online=True)
