@@ -21,7 +21,16 @@ import typer
 from netroller.errors import NetrollerError
 
 # Command modules, each with `register(app: typer.Typer) -> None`.
-_COMMAND_MODULES = ("netroller.cli.data_cmd",)
+_COMMAND_MODULES = (
+    "netroller.cli.data_cmd",
+    "netroller.cli.prepare_cmd",
+    "netroller.cli.gm_cmd",
+    "netroller.cli.harvest_cmd",
+    "netroller.cli.cache_cmd",
+    "netroller.cli.train_cmd",
+    "netroller.cli.eval_cmd",
+    "netroller.cli.report_cmd",
+)
 
 app = typer.Typer(
     name="netroller",

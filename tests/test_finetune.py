@@ -66,7 +66,9 @@ def test_finetune_starts_from_the_baseline(index_path, tiny_cache, baseline, tmp
     assert adapter and log[0]["kind"] == "run" and log[0]["samples"] == 2
 
 
-def test_eval_of_a_netroller_run_and_its_variants(bias_run, index_path, tiny_cache):
+@pytest.fixture(scope="module")
+def bias_evals(bias_run, index_path, tiny_cache):
+    """The bias run evaluated plain, with lag 1 and with shuffled latents."""
     for lag, shuffle, name in [(0, False, "eval"), (1, False, "eval-lag1"), (0, True, "eval-shuffled")]:
         cfg = EvalConfig(
             run=bias_run,
@@ -78,10 +80,16 @@ def test_eval_of_a_netroller_run_and_its_variants(bias_run, index_path, tiny_cac
             shuffle_latents=shuffle,
             out_name=name,
         )
-        metrics = json.loads((evaluate(cfg) / "metrics.json").read_text())
+        evaluate(cfg)
+    return bias_run
+
+
+def test_eval_of_a_netroller_run_writes_each_variant(bias_evals):
+    for lag, shuffle, name in [(0, False, "eval"), (1, False, "eval-lag1"), (0, True, "eval-shuffled")]:
+        metrics = json.loads((bias_evals / name / "metrics.json").read_text())
         assert metrics["latent_lag"] == lag and metrics["shuffled_latents"] == shuffle
-        assert np.isfinite(metrics["plan_l2_1s"] or 0.0)
-    lagged = json.loads((bias_run / "eval-lag1" / "metrics.json").read_text())
+        assert metrics["netroller_mode"] == "bias" and np.isfinite(metrics["plan_l2_1s"] or 0.0)
+    lagged = json.loads((bias_evals / "eval-lag1" / "metrics.json").read_text())
     assert lagged["samples_without_latents"] >= 1  # the val scene's first keyframe has no earlier frame
 
 
@@ -173,3 +181,28 @@ def test_online_latents_equal_cached_ones(tiny_cache, tiny_gm, index_path):
 def test_cache_and_online_together_are_refused(tiny_cache):
     with pytest.raises(ConfigError, match="exactly one of cache"):
         NetRollerConfig(cache=tiny_cache, online=True)
+
+
+def test_report_orders_baseline_variants_controls_and_lags(bias_evals, baseline, index_path, tmp_path):
+    from netroller.stages.report import collect, write_report
+
+    bias_run = bias_evals
+    evaluate(EvalConfig(run=baseline, index=index_path, max_samples=2, num_plots=0))
+    rows = collect([bias_run, baseline])
+    assert [r.kind for r in rows][:2] == ["baseline", "netroller"]
+    assert rows[-1].kind == "lag" and rows[-1].lag == 1
+    assert any(r.kind == "control" for r in rows)
+    out = write_report([baseline, bias_run], tmp_path / "report.md")
+    text = out.read_text()
+    assert "| baseline | baseline |" in text and "| bias-query (lag1) | lag 1 |" in text
+    assert (tmp_path / "report_plots" / "planning.png").is_file()
+    assert (tmp_path / "report_plots" / "lag_sweep.png").is_file()
+
+
+def test_report_of_an_unevaluated_run_is_refused(tmp_path):
+    from netroller.errors import MissingPathError
+    from netroller.stages.report import collect
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(MissingPathError, match="no evaluation yet"):
+        collect([tmp_path / "run"])

@@ -1,0 +1,36 @@
+"""`netroller report RUN...`: several runs' evaluations in one Markdown table (and plots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_EPILOG = """\
+Examples:
+
+\b
+  netroller report work/runs/baseline work/runs/bias-query work/runs/tf-query
+\b
+  netroller report work/runs/* --out work/report.md    # also writes work/report_plots/*.png
+"""
+
+
+def _report(
+    runs: list[Path] = typer.Argument(..., help="Run folders with at least one eval*/ folder."),
+    out: Path | None = typer.Option(None, "--out", help="Write the report here (plots beside it)."),
+) -> None:
+    from netroller.stages.report import collect, table, write_report
+
+    if out is None:
+        typer.echo(table(collect(runs)))
+        return
+    typer.echo(f"report: {write_report(runs, out)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "report",
+        help="Compare runs: baseline, NetRoller variants, controls and lags in one Markdown table.",
+        epilog=_EPILOG,
+    )(_report)

@@ -1,0 +1,172 @@
+"""`netroller report RUN...`: several runs' evaluations in one Markdown table, with plots.
+
+Every `RUN/eval*/metrics.json` becomes a row. Rows are ordered baseline, NetRoller variants, controls
+(shuffled latents), then lags; columns are VAD's planning metrics (L2 and collision at 1/2/3 s), NDS,
+detection mAP and map AP.
+
+    netroller report work/runs/baseline work/runs/bias-query work/runs/tf-query --out work/report.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from netroller.errors import MissingPathError
+from netroller.storage.atomic import atomic_path
+
+COLUMNS = (
+    ("plan_l2_1s", "L2 1s"),
+    ("plan_l2_2s", "L2 2s"),
+    ("plan_l2_3s", "L2 3s"),
+    ("plan_col_1s", "Col 1s"),
+    ("plan_col_2s", "Col 2s"),
+    ("plan_col_3s", "Col 3s"),
+    ("det_nds", "NDS"),
+    ("det_map", "mAP"),
+    ("map_ap", "map AP"),
+)
+_KIND_ORDER = {"baseline": 0, "netroller": 1, "control": 2, "lag": 3}
+
+
+@dataclass(frozen=True)
+class Row:
+    run: str
+    variant: str  # eval folder name: eval, eval-lag3, eval-shuffled
+    kind: str  # baseline | netroller | control | lag
+    lag: int
+    metrics: dict
+
+    @property
+    def label(self) -> str:
+        return self.run if self.variant == "eval" else f"{self.run} ({self.variant.removeprefix('eval-')})"
+
+
+def _kind(run: Path, variant: str, metrics: dict) -> tuple[str, int]:
+    if not (run / "netroller.json").is_file():
+        return "baseline", 0
+    lag = int(metrics.get("latent_lag") or 0)
+    if metrics.get("shuffled_latents"):
+        return "control", lag
+    return ("lag" if lag else "netroller"), lag
+
+
+def collect(runs: Sequence[Path]) -> list[Row]:
+    """One row per evaluation of each run, in report order."""
+    rows = []
+    for run in map(Path, runs):
+        if not run.is_dir():
+            raise MissingPathError(f"run folder not found: {run}")
+        evals = sorted(
+            p for p in run.glob("eval*/metrics.json") if re.fullmatch(r"eval(-[\w.-]+)?", p.parent.name)
+        )
+        if not evals:
+            raise MissingPathError(
+                f"{run}: no evaluation yet (no eval*/metrics.json); run `netroller eval` first"
+            )
+        for path in evals:
+            metrics = json.loads(path.read_text())
+            kind, lag = _kind(run, path.parent.name, metrics)
+            rows.append(Row(run.name, path.parent.name, kind, lag, metrics))
+    return sorted(rows, key=lambda r: (_KIND_ORDER[r.kind], r.lag, r.run, r.variant))
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The Markdown comparison table."""
+    head = "| run | kind | " + " | ".join(name for _, name in COLUMNS) + " |"
+    sep = "|---|---|" + "---:|" * len(COLUMNS)
+    lines = [head, sep]
+    for r in rows:
+        kind = f"lag {r.lag}" if r.kind == "lag" else r.kind
+        cells = " | ".join(_fmt(r.metrics.get(k)) for k, _ in COLUMNS)
+        lines.append(f"| {r.label} | {kind} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], folder: Path) -> list[Path]:
+    """Bar charts of L2 / collision per row, and L2 against the latent lag where a sweep exists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 2))
+    labels = [r.label for r in rows]
+    for ax, prefix, title in ((axes[0], "plan_l2", "L2 (m, VAD)"), (axes[1], "plan_col", "Collision (%)")):
+        for i, horizon in enumerate(("1s", "2s", "3s")):
+            vals = [r.metrics.get(f"{prefix}_{horizon}") or 0.0 for r in rows]
+            ax.barh([y + 0.27 * (i - 1) for y in range(len(rows))], vals, height=0.27, label=horizon)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.append(folder / "planning.png")
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+
+    sweeps: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.kind in ("netroller", "lag"):
+            sweeps.setdefault(r.run, []).append(r)
+    sweeps = {k: sorted(v, key=lambda r: r.lag) for k, v in sweeps.items() if len(v) > 1}
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run, rs in sweeps.items():
+            ax.plot(
+                [r.lag for r in rs], [r.metrics.get("plan_l2_3s") or math.nan for r in rs], "o-", label=run
+            )
+        ax.set_xlabel("latent lag (keyframes, 0.5 s each)")
+        ax.set_ylabel("L2 3 s (m, VAD)")
+        ax.set_title("GM/SM asynchrony")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out.append(folder / "lag_sweep.png")
+        fig.savefig(out[-1], dpi=100)
+        plt.close(fig)
+    return out
+
+
+def render(
+    rows: Sequence[Row], *, notes: Sequence[str] = (), plots: Sequence[Path] = (), base: Path | None = None
+) -> str:
+    lines = ["# NetRoller comparison", ""]
+    lines += [f"> {n}" for n in notes]
+    if notes:
+        lines.append("")
+    lines += [
+        table(rows),
+        "",
+        "L2 in metres (VAD convention: mean over the steps up to N s); collision in % (ST-P3 box collision); "
+        "NDS and mAP from nuscenes-devkit DetectionEval in VAD's 30 m x 60 m range; map AP is the Chamfer AP "
+        "over 0.5/1.0/1.5 m. `control`: shuffled latents (every sample gets another sample's GM latents); "
+        "`lag N`: the SM at t reads the GM latents of t - N.",
+        "",
+    ]
+    for p in plots:
+        rel = p.relative_to(base) if base is not None else p
+        lines += [f"![{p.stem}]({rel})", ""]
+    return "\n".join(lines)
+
+
+def write_report(runs: Sequence[Path], out: Path, *, notes: Sequence[str] = ()) -> Path:
+    """Write the report (and its plots beside it, in <stem>_plots/) atomically; returns `out`."""
+    rows = collect(runs)
+    out = Path(out)
+    plots_dir = out.parent / f"{out.stem}_plots"
+    plots = plot(rows, plots_dir)
+    with atomic_path(out) as tmp:
+        tmp.write_text(render(rows, notes=notes, plots=plots, base=out.parent))
+    return out
