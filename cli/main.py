@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "netroller.cli.train_cmd",
     "netroller.cli.eval_cmd",
     "netroller.cli.report_cmd",
+    "netroller.cli.pipeline_cmd",
 )
 
 app = typer.Typer(
