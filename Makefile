@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 # The CPU build that lies on this machine's disk; installed first so that no CUDA build is pulled.
 TORCH_CPU := torch==2.13.0
+# Where `make pipeline` writes (git-ignored); `make pipeline WORK=/data/netroller` to move it.
+WORK ?= work
 
 .PHONY: setup test bench lint pipeline chaos clean
 
@@ -12,7 +14,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_CPU)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
@@ -22,6 +23,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m netroller.bench.run
+
+pipeline: setup
+	$(BIN)/netroller pipeline --work $(WORK)
+
+chaos: setup
+	$(BIN)/python -m netroller.pipeline.chaos --trials 20 --seed 0
 
 lint: setup
 	$(BIN)/ruff check .

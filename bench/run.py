@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-TOPICS = ("reader", "gm", "harvest", "vad")
+TOPICS = ("reader", "gm", "harvest", "vad", "netroller")
 ROOT = Path(__file__).resolve().parent.parent
 
 

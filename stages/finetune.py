@@ -236,17 +236,16 @@ def _init_weights(init: Path) -> tuple[dict, Path]:
     return {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, path
 
 
-def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
-    """Train VAD + the NetRoller adapter from latents; returns the run dir."""
-    run = Path(cfg.out)
-    setup = open_latents(nr, cfg.index, cfg.dataroot)
-    saved = run / NETROLLER_FILE
-    if cfg.resume and saved.is_file():
-        previous = json.loads(saved.read_text())
-        check_key(previous["latents_key"], setup.key, where=str(nr.cache or "online GM"))
-        if previous["netroller"] != nr.to_json():
-            raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
+def _roller_shift(batch, modules):
+    lat = batch.latents
+    return modules["netroller"].shift(lat.hidden, lat.length, lat.present)
 
+
+def netroller_hooks(
+    cfg: TrainConfig, nr: NetRollerConfig, setup: LatentSetup
+) -> tuple[TrainConfig, TrainHooks, AdapterConfig]:
+    """The training hooks of a NetRoller fine-tune: the adapter, a dataset whose batches carry latents
+    from `setup.source`, the baseline init; plus the config with its 1-epoch warm-up filled in."""
     vad_cfg = recipe(cfg.recipe)
     init = _init_weights(nr.init) if nr.init is not None else None
 
@@ -260,10 +259,8 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
         index, base.records, lag=nr.latent_lag, shuffle=nr.shuffle_latents, seed=nr.shuffle_seed
     )
     without = sum(t is None for t in sources)
-    failed = 0
-    if not nr.online:
-        reader = setup.source.reader
-        failed = sum(t is not None and t not in reader for t in sources)
+    reader = getattr(setup.source, "reader", None)
+    failed = sum(t is not None and t not in reader for t in sources) if reader is not None else 0
     adapter_cfg = AdapterConfig(
         gm_hidden=setup.hidden_size,
         gm_layers=len(setup.layer_positions),
@@ -272,15 +269,11 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
         shift=nr.shift,
         layer_embedding=nr.layer_embedding,
     )
-    roller = NetRoller(adapter_cfg)
     steps_per_epoch = -(-len(base) // cfg.batch_size)
     cfg = dataclasses.replace(cfg, warmup_steps=round(nr.warmup_epochs * steps_per_epoch))
-
     hooks = TrainHooks(
-        modules={"netroller": roller},
-        shift=lambda batch, modules: modules["netroller"].shift(
-            batch.latents.hidden, batch.latents.length, batch.latents.present
-        ),
+        modules={"netroller": NetRoller(adapter_cfg)},
+        shift=_roller_shift,
         dataset=LatentDataset(base, sources),
         collate=LatentCollate(setup.source, collate),
         prepare=prepare,
@@ -294,9 +287,25 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
             "shuffled": nr.shuffle_latents,
         },
     )
+    return cfg, hooks, adapter_cfg
+
+
+def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
+    """Train VAD + the NetRoller adapter from latents; returns the run dir."""
+    run = Path(cfg.out)
+    setup = open_latents(nr, cfg.index, cfg.dataroot)
+    saved = run / NETROLLER_FILE
+    if cfg.resume and saved.is_file():
+        previous = json.loads(saved.read_text())
+        check_key(previous["latents_key"], setup.key, where=str(nr.cache or "online GM"))
+        if previous["netroller"] != nr.to_json():
+            raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
+    cfg, hooks, adapter_cfg = netroller_hooks(cfg, nr, setup)
+    d = hooks.describe
     print(
-        f"NetRoller {nr.mode.value}/{nr.shift.value}: {len(base)} samples, "
-        f"{without + failed} without latents ({without} before the lag's first frame, {failed} failed in harvest)"
+        f"NetRoller {nr.mode.value}/{nr.shift.value}: {d['samples']} samples, {d['samples_without_latents']} "
+        f"without latents ({d['no_earlier_frame_for_lag']} before the lag's first frame, "
+        f"{d['failed_in_harvest']} failed in harvest)"
     )
     if not cfg.resume or not saved.is_file():
         run.mkdir(parents=True, exist_ok=True)

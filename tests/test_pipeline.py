@@ -1,0 +1,54 @@
+"""`netroller pipeline`: the whole flow at toy size, then a re-run that skips every finished step."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from netroller.errors import ConfigError
+from netroller.pipeline.recipe import PipelineConfig, smoke
+from netroller.pipeline.run import plan, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    lines: list[str] = []
+    report = run_pipeline(smoke(work), log=lines.append)
+    return work, report, lines
+
+
+def test_pipeline_writes_the_comparison_report(smoke_run):
+    work, report, _ = smoke_run
+    text = report.read_text()
+    assert "random-weight stand-in" in text and "synthetic" in text
+    for row in ("| baseline | baseline |", "| bias-query | netroller |", "| tf-query | netroller |"):
+        assert row in text
+    assert "| bias-query (shuffled) | control |" in text and "| bias-query (lag1) | lag 1 |" in text
+    assert (work / "report_plots" / "planning.png").is_file()
+    timings = json.loads((work / "pipeline.json").read_text())
+    assert set(timings["seconds_by_step"]) == {s.name for s in plan(smoke(work))}
+
+
+def test_second_run_skips_every_step(smoke_run):
+    work, _, _ = smoke_run
+    lines: list[str] = []
+    run_pipeline(smoke(work), log=lines.append)
+    steps = [ln for ln in lines if ln.startswith("[")]
+    assert steps and all(ln.endswith("up to date") for ln in steps)
+
+
+def test_changed_setting_reruns_only_what_depends_on_it(smoke_run):
+    work, _, _ = smoke_run
+    cfg = dataclasses.replace(smoke(work), lags=(0, 1, 2))
+    lines: list[str] = []
+    run_pipeline(cfg, log=lines.append)
+    ran = {ln.split()[1].rstrip(":") for ln in lines if ln.startswith("[") and ln.endswith("...")}
+    assert ran == {"eval-bias-query-eval-lag2", "report"}
+
+
+def test_bad_pipeline_config_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="variants need distinct names"):
+        dataclasses.replace(PipelineConfig(work=tmp_path), variants=(smoke().variants[0],) * 2)
