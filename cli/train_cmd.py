@@ -2,7 +2,8 @@
 
 Without --cache / --online this is baseline VAD training (netroller.stages.train); with them it is the
 NetRoller fine-tune (netroller.stages.finetune), which starts from --init and uses the authors' c1 recipe
-unless options override it.
+unless options override it. `--num-workers N` trains data-parallel in N processes (netroller.pipeline.ddp):
+one per GPU with `--device cuda`, or CPU processes; `--batch-size` is the global batch, split among them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ Examples:
 \b
   # baseline VAD (debug recipe) on the index's train split
   netroller train --index work/index.parquet --out work/runs/baseline --epochs 2
+\b
+  # the same on 4 GPUs, data-parallel: global batch 8, 2 samples per GPU
+  netroller train --index work/index.parquet --out work/runs/baseline --batch-size 8 \\
+      --device cuda --num-workers 4
 \b
   # NetRoller: Bias mode + Query Shift from a baseline run, latents from the cache (no GM loaded)
   netroller train --index work/index.parquet --cache work/cache --init work/runs/baseline \\
@@ -45,7 +50,14 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(
             None, "--epochs", help="Total epochs (with --resume, the total to reach). Default 1; NetRoller 5."
         ),
-        batch_size: int = typer.Option(2, "--batch-size", help="Samples per step."),
+        batch_size: int = typer.Option(
+            2, "--batch-size", help="Samples per step (the global batch, split among --num-workers)."
+        ),
+        num_workers: int = typer.Option(
+            1,
+            "--num-workers",
+            help="Data-parallel training processes: one per GPU with --device cuda, else CPU processes.",
+        ),
         lr: float | None = typer.Option(
             None, "--lr", help="Peak AdamW learning rate (backbone x0.1). Default 2e-4; NetRoller 3.125e-5."
         ),
@@ -102,6 +114,7 @@ def register(app: typer.Typer) -> None:
             max_samples=max_samples,
             device=device,
             dataroot=dataroot,
+            workers=num_workers,
         )
         if epochs is not None:
             common["epochs"] = epochs
@@ -128,5 +141,12 @@ def register(app: typer.Typer) -> None:
                 prompt=prompt,
                 drivelm=drivelm,
             )
-            run = finetune(finetune_c1(**common), nr)
+            cfg = finetune_c1(**common)
+            if cfg.workers > 1:
+                from netroller.pipeline.ddp import launch
+
+                # Each worker builds its own adapter, latent reader and hooks from the two configs.
+                run = launch(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)
+            else:
+                run = finetune(cfg, nr)
         typer.echo(f"run: {run}")

@@ -2,6 +2,7 @@
 
     netroller train --index work/index.parquet --out work/runs/baseline --recipe debug --epochs 2
     netroller train --index work/index.parquet --out work/runs/baseline --epochs 4 --resume
+    netroller train --index work/index.parquet --out work/runs/ddp --batch-size 4 --num-workers 2
 
 Run dir:
     train_config.json, model_config.json         the configs, written before the first step
@@ -12,6 +13,11 @@ Run dir:
 Resume restarts after the last finished epoch with its model, optimizer, scheduler and RNG state; the data
 order of epoch e depends only on (seed, e), so 1 epoch + resume + 1 epoch == 2 epochs. `TrainHooks` is where
 the NetRoller fine-tune plugs in: extra trainable modules and a per-batch `BevShift`.
+
+Data parallel (`workers` > 1, see `netroller.pipeline.ddp`): each worker runs this same loop on its slice of
+every global batch (`netroller.stages.batching`), BatchNorm statistics and gradients are summed over the
+workers, and the losses logged are the global batch's. Rank 0 alone writes the run dir. Dropout draws from a
+generator reseeded per (seed, epoch, rank), so a resumed data-parallel run is exact too.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +44,14 @@ from netroller.models.vad.batch import Batch
 from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
 from netroller.models.vad.losses import vad_loss
 from netroller.models.vad.model import VAD, BevShift
+from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group, launch
+from netroller.stages.batching import (
+    epoch_generator,
+    global_batches,
+    loss_counts,
+    rank_share,
+    share_of_global,
+)
 from netroller.storage.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 HOOK_PREFIX = "hook."
@@ -55,7 +70,7 @@ class TrainConfig:
     epochs: int = 1
     """Total epochs (with --resume: the total to reach, not how many more)."""
     batch_size: int = 2
-    """Samples per step."""
+    """Samples per step: the global batch, split evenly among `workers`."""
     lr: float = 2e-4
     """Peak AdamW learning rate (the backbone gets lr * backbone_lr_mult)."""
     backbone_lr_mult: float = 0.1
@@ -85,7 +100,9 @@ class TrainConfig:
     dataroot: Path | None = None
     """Override the dataroot stored in the index."""
     num_workers: int = 0
-    """DataLoader worker processes."""
+    """DataLoader worker processes (per training worker)."""
+    workers: int = 1
+    """Data-parallel training processes (one per GPU, or CPU processes); each takes batch_size / workers."""
     log_every: int = 1
     """Write a step line to metrics.jsonl every N steps."""
     checkpoint_every: int = 1
@@ -94,7 +111,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ConfigError(f"TrainConfig.recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "num_workers"):
@@ -109,6 +126,11 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.grad_clip > 0:
             raise ConfigError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
+        if self.batch_size % self.workers:
+            raise ConfigError(
+                f"TrainConfig.batch_size {self.batch_size} does not divide among workers={self.workers}: "
+                "give a global batch that is a multiple of the worker count"
+            )
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -180,15 +202,31 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 def make_loader(dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable) -> DataLoader:
     """The data order of an epoch depends only on (seed, epoch): what makes resume exact."""
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=True,
-        generator=gen,
+        generator=epoch_generator(cfg.seed, epoch),
         collate_fn=collate_fn,
         num_workers=cfg.num_workers,
     )
+
+
+def make_rank_loader(
+    dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable, group: WorkerGroup
+) -> tuple[DataLoader, list[float], list[int]]:
+    """This worker's slices of the epoch's global batches (the same batches `make_loader` yields), the
+    loss weight of each (0 for a padding sample on a last batch shorter than the worker count), and the
+    global batches' sizes."""
+    batches = global_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
+    shares = [rank_share(b, group.rank, group.size) for b in batches]
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[s for s, _ in shares],
+        collate_fn=collate_fn,
+        num_workers=cfg.num_workers,
+    )
+    return loader, [w for _, w in shares], [len(b) for b in batches]
 
 
 def train_step(
@@ -198,18 +236,33 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: TrainConfig,
     hooks: TrainHooks,
+    group: WorkerGroup | None = None,
+    weight: float = 1.0,
 ) -> dict[str, float]:
-    """One optimizer step; returns the losses as floats plus the gradient norm."""
+    """One optimizer step; returns the losses as floats plus the gradient norm.
+
+    With a data-parallel `group`, `batch` is this worker's slice (loss `weight` 0: a padding sample): the
+    loss is its share of the global batch's, gradients are summed over the workers before clipping, and
+    the losses returned are the global batch's, the same on every worker.
+    """
     shift = hooks.shift(batch, hooks.modules) if hooks.shift is not None else None
     out = model(batch.inputs, shift)
     losses = vad_loss(out, batch.targets, batch.inputs.command, model.cfg)
+    if group is not None:
+        local = loss_counts(batch.targets, model.cfg)
+        total = group.sum_floats({k: v * weight for k, v in local.items()})
+        losses = share_of_global(losses, local, total, model.cfg, weight=weight)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    if group is not None:
+        group.sum_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     scheduler.step()
     result = {k: float(v.detach()) for k, v in losses.items()}
+    if group is not None:
+        result = group.sum_floats(result)
     result["grad_norm"] = float(grad_norm)
     return result
 
@@ -308,8 +361,9 @@ class _MetricsLog:
 
 
 def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig) -> SampleDataset:
+    """The split's samples; those with unreadable camera images are left out, with one line on stderr."""
     index = read_index(cfg.index)
-    return SampleDataset(
+    dataset = SampleDataset(
         index,
         cfg.split,
         image_size=vad_cfg.image_size,
@@ -317,10 +371,29 @@ def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig) -> SampleDataset:
         pc_range=vad_cfg.pc_range,
         max_samples=cfg.max_samples,
     )
+    if note := dataset.unreadable_note():
+        print(f"train: {note}", file=sys.stderr, flush=True)
+    return dataset
 
 
 def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
-    """Train (or resume) a VAD run; returns the run dir."""
+    """Train (or resume) a VAD run; returns the run dir.
+
+    With `cfg.workers` > 1 this spawns the workers, each running this function (`netroller.pipeline.ddp`).
+    Hooks cannot travel to other processes (they hold closures), so a stage that builds hooks is launched
+    whole instead: `launch(finetune, (cfg, nr), workers=...)`, as `netroller train --num-workers` does.
+    """
+    group = current_group()
+    if cfg.workers > 1 and group is None:
+        if hooks is not None:
+            raise ConfigError(
+                f"TrainConfig.workers={cfg.workers} with TrainHooks: launch the stage that builds the hooks "
+                "in every worker with netroller.pipeline.ddp.launch (as `netroller train --num-workers` does)"
+            )
+        return launch(train, (cfg,), workers=cfg.workers, device=cfg.device)
+    if group is not None and group.size != cfg.workers:
+        raise ConfigError(f"TrainConfig.workers is {cfg.workers}, but {group.size} worker processes run it")
+    main = group is None or group.is_main
     hooks = hooks or TrainHooks()
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
@@ -332,13 +405,16 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     if cfg.resume and has_ckpt:
         _check_resume(run, cfg)
     vad_cfg = recipe(cfg.recipe)
-    device = torch.device(cfg.device)
+    device = group.device if group is not None else torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = VAD(vad_cfg)
     if hooks.prepare is not None:
         hooks.prepare(model)
     if hooks.freeze_model:
         model.requires_grad_(False)
+    if group is not None:
+        for m in (model, *hooks.modules.values()):
+            convert_batchnorm(m)
     model = model.to(device)
     for m in hooks.modules.values():
         m.to(device)
@@ -350,7 +426,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
 
     start_epoch = 1
     if cfg.resume and has_ckpt:
-        state = torch.load(ckpt_dir / "last.pt", weights_only=False)
+        state = torch.load(ckpt_dir / "last.pt", weights_only=False, map_location="cpu")
         weights = load_file(str(ckpt_dir / state["weights"]))
         _load_weights(model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, ckpt_dir)
         for name, m in hooks.modules.items():
@@ -362,33 +438,44 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
-        _trim_metrics(run / "metrics.jsonl", state["epoch"])
-    else:
+        if main:
+            _trim_metrics(run / "metrics.jsonl", state["epoch"])
+    elif main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "metrics.jsonl").unlink(missing_ok=True)
-    write_json_atomic(run / "train_config.json", cfg.to_json())
-    write_json_atomic(run / "model_config.json", config_to_dict(vad_cfg))
-
-    log = _MetricsLog(run)
-    if hooks.describe and start_epoch == 1:
-        log.write({"kind": "run", "epoch": 0, **hooks.describe}, 0)
+    if group is not None:
+        group.broadcast_state([model, *hooks.modules.values()])
+    log = None
+    if main:
+        write_json_atomic(run / "train_config.json", cfg.to_json())
+        write_json_atomic(run / "model_config.json", config_to_dict(vad_cfg))
+        log = _MetricsLog(run)
+        if hooks.describe and start_epoch == 1:
+            log.write({"kind": "run", "epoch": 0, **hooks.describe}, 0)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train(not hooks.freeze_model)
             for m in hooks.modules.values():
                 m.train()
             sums: dict[str, float] = {}
-            loader = make_loader(dataset, cfg, epoch, hooks.collate)
-            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+            if group is None:
+                loader, weights, sizes = make_loader(dataset, cfg, epoch, hooks.collate), None, None
+            else:
+                # Each rank's own dropout stream, a function of (seed, epoch, rank) only: exact resume.
+                torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + group.rank)
+                loader, weights, sizes = make_rank_loader(dataset, cfg, epoch, hooks.collate, group)
+            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not main)
             for i, batch in enumerate(bar):
                 t0 = time.perf_counter()
-                result = train_step(model, batch.to(device), optimizer, scheduler, cfg, hooks)
-                rate = len(batch.sample_tokens) / (time.perf_counter() - t0)
+                w = 1.0 if weights is None else weights[i]
+                result = train_step(model, batch.to(device), optimizer, scheduler, cfg, hooks, group, w)
+                samples = len(batch.sample_tokens) if sizes is None else sizes[i]
+                rate = samples / (time.perf_counter() - t0)
                 step = (epoch - 1) * steps_per_epoch + i + 1
                 for k, v in result.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{result['total']:.3f}", samples_s=f"{rate:.2f}")
-                if step % cfg.log_every == 0:
+                if log is not None and step % cfg.log_every == 0:
                     lr = optimizer.param_groups[1]["lr"]
                     log.write(
                         {
@@ -402,14 +489,21 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
                         step,
                     )
             means = {k: v / steps_per_epoch for k, v in sums.items()}
-            log.write(
-                {"kind": "epoch", "epoch": epoch, "step": epoch * steps_per_epoch, **means},
-                epoch * steps_per_epoch,
-            )
+            if log is not None:
+                log.write(
+                    {"kind": "epoch", "epoch": epoch, "step": epoch * steps_per_epoch, **means},
+                    epoch * steps_per_epoch,
+                )
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                _save_checkpoint(run, epoch, model, hooks.modules, optimizer, scheduler)
+                if group is not None:
+                    group.check_in_sync(
+                        {"": model, **{f"{HOOK_PREFIX}{n}.": m for n, m in hooks.modules.items()}}
+                    )
+                if main:
+                    _save_checkpoint(run, epoch, model, hooks.modules, optimizer, scheduler)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return run
 
 
