@@ -40,3 +40,12 @@ class ModelError(NetrollerError, ValueError):
 
 class WorkerError(NetrollerError, RuntimeError):
     """A distributed worker failed or died; finished work is kept and a re-run resumes."""
+
+
+class CacheWriteError(NetrollerError, OSError):
+    """The cache could not be written (disk full, read-only, quota); names what and where. Committed shards
+    are kept and nothing half-written is committed, so the same harvest resumes once the cause is fixed."""
+
+
+class ClusterError(NetrollerError, ConnectionError):
+    """An existing Ray cluster could not be joined (unreachable, refused, token mismatch); names the address."""

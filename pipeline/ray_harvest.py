@@ -12,6 +12,7 @@ stops handing out work, lets the other in-flight shards finish, and raises `Work
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import ray
 import ray.exceptions
 
-from netroller.errors import WorkerError
+from netroller.errors import ClusterError, WorkerError
 
 if TYPE_CHECKING:
     from netroller.data.index import SampleRecord
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # little object store; Ray's own default (30% of RAM) would take memory from the GMs on a small machine.
 LOCAL_OBJECT_STORE_BYTES = 96 * 1024**2
 _POLL_S = 0.25
+_PROBE_S = 5.0  # seconds to wait for a cluster address to accept a TCP connection
 # An actor reserves one CPU, so it computes on one thread: more actors, not more threads, is how a harvest
 # scales. Measured on a shared 2-core machine: the tiny GM took 0.03 s/sample on 1 thread and 0.07-0.41 s on
 # 2 threads when other processes also ran (OpenMP threads spin against each other).
@@ -116,12 +118,20 @@ class HarvestActor:
 
 
 def connect(ray_address: str | None, workers: int) -> bool:
-    """Join a running Ray, a cluster, or start a local instance; True when this call started Ray."""
+    """Join a running Ray, a cluster, or start a local instance; True when this call started Ray.
+
+    An existing cluster keeps its own sizing: Ray refuses num_cpus / object_store_memory from a driver that
+    joins one, so those are passed only to a local instance. ClusterError names an address that fails.
+    """
     if ray.is_initialized():
         return False
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, ray.exceptions.RayError, RuntimeError, ValueError) as err:
+            raise ClusterError(f"cannot join the Ray cluster at {address}: {_cluster_hint(err)}") from err
     else:
         ray.init(
             num_cpus=max(os.cpu_count() or 1, workers),
@@ -129,6 +139,36 @@ def connect(ray_address: str | None, workers: int) -> bool:
             include_dashboard=False,
         )
     return True
+
+
+def check_reachable(address: str) -> None:
+    """ClusterError at once when nothing listens at a "host:port" / "ray://host:port" address.
+
+    Ray's own join keeps retrying an unreachable GCS for many minutes (measured: over 10 with Ray 2.60), so a
+    mistyped --ray-address would look like a hung harvest. "auto" and other forms are left to Ray.
+    """
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_PROBE_S).close()
+    except OSError as err:
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address}: nothing answers at {host}:{port} "
+            f"({err.strerror or type(err).__name__})"
+        ) from err
+
+
+def _cluster_hint(err: BaseException) -> str:
+    """One line for a failed join; Ray 2.60's token authentication is the non-obvious cause, so say so."""
+    chain = [err, err.__cause__] if err.__cause__ is not None else [err]
+    if any(type(e).__name__ == "AuthenticationError" for e in chain):
+        return (
+            "the cluster requires its auth token; set RAY_AUTH_MODE=token and give the cluster's token "
+            "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        )
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"
 
 
 def start_actors(
@@ -216,9 +256,11 @@ def run_shards(
         return []
     start = time.perf_counter()
     started = connect(ray_address, workers)
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    how = ("connected to " + address if address else "started locally") if started else "already running"
     resources = ray.cluster_resources()
     log(
-        f"harvest: Ray {'started locally' if started else 'connected'} "
+        f"harvest: Ray {how} "
         f"({int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs) in {time.perf_counter() - start:.1f} s"
     )
     progress = None

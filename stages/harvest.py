@@ -328,13 +328,15 @@ def harvest(cfg: HarvestConfig) -> Path:
 
                 plan.gm = None  # the actors load their own; free the driver's copy first
                 gc.collect()
+                # Absolute paths: actors run in Ray's worker folder (a job's working dir, another node's
+                # cwd), where the driver's relative paths would point elsewhere.
                 spec = RayHarvestSpec(
-                    root=root,
-                    model=plan.model_path,
+                    root=root.resolve(),
+                    model=_absolute_if_local(plan.model_path),
                     layers=plan.layers,
                     tokens=cfg.tokens,
                     prompts=plan.prompts,
-                    dataroot=plan.dataroot,
+                    dataroot=plan.dataroot.resolve(),
                     batch_size=cfg.batch_size,
                     device=cfg.device,
                 )
@@ -355,6 +357,12 @@ def harvest(cfg: HarvestConfig) -> Path:
     if failed:
         log(f"harvest: {failed} sample(s) could not be harvested; see {root / 'failures.parquet'}")
     return root
+
+
+def _absolute_if_local(model: str) -> str:
+    """A local model folder as an absolute path (actors resolve it from their own cwd); hub ids unchanged."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def _run_in_process(
