@@ -3,6 +3,10 @@
 Images are resized to the recipe's (width, height) and ImageNet-normalized; `lidar_to_image` is scaled to the
 resized pixels. Targets keep only boxes whose centre lies in the BEV range (VAD filters the same way); their
 futures and the map vectors come from the record unchanged.
+
+Samples with a missing, truncated or undecodable camera image are left out up front (`SampleDataset.unreadable`
+lists them with the reason), so one damaged file does not stop a training or evaluation run; the stages log the
+count. A split with no readable sample at all is an error (a wrong dataroot fails fast, naming a path).
 """
 
 from __future__ import annotations
@@ -58,6 +62,31 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     return arr.transpose(2, 0, 1).astype(np.float32)
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the camera image at `path` cannot be used, or None when it can.
+
+    Cheap for an intact JPEG (header + end-of-image marker: a few small reads, not a decode); any other file,
+    or a JPEG without its end marker (truncated), is decoded (JPEG at 1/8 scale) to be sure.
+    """
+    if not path.is_file():
+        return f"camera image not found: {path}"
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG" and _has_jpeg_end(path):
+                return None
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{path}: not a readable image ({err})"
+    return None
+
+
+def _has_jpeg_end(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        return b"\xff\xd9" in f.read()  # EOI, possibly followed by a little padding
+
+
 def resized_lidar_to_image(record: SampleRecord, size: tuple[int, int]) -> np.ndarray:
     """(6, 4, 4) lidar -> pixels of the images resized to `size` (width, height)."""
     out = record.lidar_to_image()
@@ -92,11 +121,34 @@ class SampleDataset(Dataset):
         if not self.records:
             raise DataError(f"{index.path}: split {split!r} has no samples")
         self.root = index.dataroot(dataroot)
+        self.unreadable: list[tuple[str, str]] = []
+        """(sample_token, reason) of the samples left out because a camera image cannot be read."""
+        readable = []
+        for r in self.records:
+            problem = next(filter(None, (image_problem(self.root / p) for p in r.cam_paths)), None)
+            if problem is None:
+                readable.append(r)
+            else:
+                self.unreadable.append((r.sample_token, problem))
+        if not readable:
+            raise DataError(
+                f"{index.path}: no sample of split {split!r} has readable camera images, e.g. {self.unreadable[0][1]}"
+            )
+        self.records = readable
         self.image_size = tuple(image_size)
         self.pc_range = tuple(pc_range)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def unreadable_note(self) -> str | None:
+        """One log line when samples were left out for unreadable images (None when none were)."""
+        if not self.unreadable:
+            return None
+        n, total = len(self.unreadable), len(self.unreadable) + len(self.records)
+        return (
+            f"skipping {n} of {total} samples with unreadable camera images (first: {self.unreadable[0][1]})"
+        )
 
     def __getitem__(self, i: int) -> Sample:
         r = self.records[i]

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -114,6 +115,8 @@ def predict(model, vad_cfg, index: Index, cfg: EvalConfig, dataroot: Path, rolle
     dataset = SampleDataset(
         index, cfg.split, image_size=vad_cfg.image_size, dataroot=dataroot, max_samples=cfg.max_samples
     )
+    if note := dataset.unreadable_note():
+        print(f"eval: {note}", file=sys.stderr, flush=True)
     collate_fn = collate
     if roller is not None:
         sources = latent_sources(
@@ -224,6 +227,8 @@ def evaluate(cfg: EvalConfig) -> Path:
         metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp)
         metrics["recipe"] = train_cfg.recipe
         metrics["split"] = cfg.split
+        # Samples left out for unreadable camera images (see SampleDataset.unreadable).
+        metrics["samples_unreadable"] = len(index.split(cfg.split)[: cfg.max_samples]) - len(preds)
         if roller is not None:
             nr = meta["netroller"]
             metrics["netroller_mode"] = nr["mode"]

@@ -33,6 +33,7 @@ from netroller.errors import CacheKeyMismatchError, ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
 from netroller.models.vad.config import recipe
 from netroller.models.vad.model import VAD
+from netroller.pipeline.ddp import current_group
 from netroller.stages.train import (
     HOOK_PREFIX,
     TrainConfig,
@@ -280,6 +281,7 @@ def netroller_hooks(
         freeze_model=nr.freeze_sm,
         describe={
             "samples": len(base),
+            "samples_unreadable": len(base.unreadable),
             "samples_without_latents": without + failed,
             "no_earlier_frame_for_lag": without,
             "failed_in_harvest": failed,
@@ -301,6 +303,9 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
         if previous["netroller"] != nr.to_json():
             raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
     cfg, hooks, adapter_cfg = netroller_hooks(cfg, nr, setup)
+    group = current_group()
+    if group is not None and not group.is_main:  # rank 0 alone speaks and writes the run dir
+        return train(cfg, hooks)
     d = hooks.describe
     print(
         f"NetRoller {nr.mode.value}/{nr.shift.value}: {d['samples']} samples, {d['samples_without_latents']} "

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from netroller.errors import CacheError, CacheKeyMismatchError, ConfigError
+from netroller.errors import CacheError, CacheKeyMismatchError, CacheWriteError, ConfigError, NetrollerError
 from netroller.storage import commits
 from netroller.storage.atomic import atomic_path
-from netroller.storage.lock import check_unlocked, write_lock
+from netroller.storage.lock import acquire, check_unlocked, release
 from netroller.storage.manifest import check_manifest, manifest_sha256, read_manifest, write_manifest
 from netroller.storage.meta import CacheMeta, read_meta, write_meta
 from netroller.storage.schema import (
@@ -38,6 +38,7 @@ from netroller.storage.schema import (
     HIDDEN,
     LENGTH,
     LOCK_FILE,
+    MANIFEST_FILE,
     STORAGE_DTYPE,
     TOKEN_IDS,
     ZARR_DIR,
@@ -50,10 +51,38 @@ from netroller.storage.schema import (
 from netroller.storage.shard_format import (
     LENGTH_DTYPE,
     TOKEN_DTYPE,
+    check_array_metadata,
     create_arrays,
     file_crc32c,
     float_to_bf16_bits,
 )
+
+
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Turn an OS write error (disk full, read-only, quota) into one CacheWriteError line naming `what`."""
+    try:
+        yield
+    except NetrollerError:
+        raise
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise CacheWriteError(
+            f"{what}: {err.strerror or err}{where}; committed shards are kept, nothing half-written is "
+            "committed: fix the cause (e.g. free space) and re-run the same harvest to resume"
+        ) from err
+
+
+def _check_resumable(root: Path, layout: CacheLayout) -> None:
+    """CacheError naming the file when the manifest or array metadata of a cache about to be resumed are
+    damaged: more shards written beside them would be unreadable, so resuming is refused (overwrite rebuilds)."""
+    rows = read_manifest(root, samples=layout.samples, shard_size=layout.shard_size)
+    if manifest_sha256(rows) != layout.manifest_sha256:
+        raise CacheError(
+            f"cache manifest {root / MANIFEST_FILE} does not match the manifest_sha256 in {CACHE_JSON}"
+        )
+    check_array_metadata(root, layout)
+
 
 FAILURES_SCHEMA = pa.schema([("sample_token", pa.string()), ("shard", pa.int64()), ("reason", pa.string())])
 
@@ -110,8 +139,14 @@ class CacheWriter:
                         f"asked for {len(manifest)} samples (sha256 {digest[:12]})"
                     )
                 if not diffs:
-                    return cls(root, old, [r.sample_token for r in manifest])
-                if not overwrite:
+                    try:
+                        _check_resumable(root, old.layout)
+                    except CacheError:
+                        if not overwrite:
+                            raise
+                    else:
+                        return cls(root, old, [r.sample_token for r in manifest])
+                elif not overwrite:
                     raise CacheKeyMismatchError(
                         f"cache {root} was built for something else: {diffs[0]} (overwrite replaces it)"
                     )
@@ -129,7 +164,7 @@ class CacheWriter:
         )
         meta = CacheMeta(key=key, layout=layout)
         # Built beside the target and renamed into place: a crash leaves the old cache or none, never half.
-        with atomic_path(root) as tmp:
+        with _writing(f"cannot create the cache at {root}"), atomic_path(root) as tmp:
             tmp.mkdir()
             create_arrays(tmp, layout, logical_dtype=key.dtype)
             write_manifest(tmp, manifest, shard_size)
@@ -191,7 +226,23 @@ class CacheWriter:
         hidden, length, token_ids = self._check_shard(shard, rows, hidden, length, token_ids)
         failures = tuple((str(t), str(r)) for t, r in failures)
         self._check_failures(shard, rows, failures, length)
+        with _writing(f"cannot write shard {shard} of {self.root}"):
+            return self._write_and_commit(shard, rows, hidden, length, token_ids, failures)
+
+    def _write_and_commit(
+        self,
+        shard: int,
+        rows: range,
+        hidden: np.ndarray,
+        length: np.ndarray,
+        token_ids: np.ndarray,
+        failures: tuple[tuple[str, str], ...],
+    ) -> CommitRecord:
         commits.remove_commit(self.root, shard)
+        # zarr reads an existing shard file's index before rewriting it, and fails on a damaged one: drop the
+        # old files first (the shard is rewritten whole anyway), so that a re-run repairs any damage.
+        for rel in commits.expected_files(self.layout, shard).values():
+            (self.root / rel).unlink(missing_ok=True)
         region = slice(rows.start, rows.stop)
         # zarr keeps write_empty_chunks per opened array, not in the metadata: open with it set, so that an
         # all-zero shard (every sample failed) is still written out as files the commit can cover.
@@ -230,12 +281,22 @@ class CacheWriter:
             ],
             schema=FAILURES_SCHEMA,
         )
-        with atomic_path(self.root / FAILURES_FILE) as tmp:
+        with (
+            _writing(f"cannot write {self.root / FAILURES_FILE}"),
+            atomic_path(self.root / FAILURES_FILE) as tmp,
+        ):
             pq.write_table(table, tmp)
 
-    def lock(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def lock(self) -> Iterator[None]:
         """Context manager holding the cache's exclusive write lock; CacheLockedError if a live process has it."""
-        return write_lock(self.root, self.root / LOCK_FILE)
+        path = self.root / LOCK_FILE
+        with _writing(f"cannot take the write lock of {self.root}"):
+            me = acquire(self.root, path)
+        try:
+            yield
+        finally:
+            release(path, me)
 
     # ---- helpers --------------------------------------------------------------------------------------
 
