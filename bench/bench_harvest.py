@@ -34,7 +34,7 @@ T_SWEEP_SAMPLES = 12
 
 def _own_index(root: Path, samples: int) -> Path:
     """A synthetic index of random 160x90 JPEG cameras (used when the synth generator is not available)."""
-    from netroller.data.index import CAMERAS, IndexMeta, SampleRecord, write_index
+    from netroller.data.index import CAMERAS, IndexMeta, bare_record, write_index
 
     rng = np.random.default_rng(0)
     dataroot = root / "nuscenes"
@@ -46,34 +46,12 @@ def _own_index(root: Path, samples: int) -> Path:
             (dataroot / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)).save(dataroot / rel)
         records.append(
-            SampleRecord(
+            bare_record(
                 sample_token=token,
                 scene_token=f"scene{i // 16}",
-                scene_name=f"scene-{i // 16}",
-                split="train",
                 frame_index=i % 16,
-                timestamp=i * 500_000,
-                map_name="singapore-onenorth",
                 cam_paths=paths,
-                cam_image_sizes=np.tile([[160, 90]], (6, 1)),
-                cam_intrinsics=np.tile(np.eye(3), (6, 1, 1)),
-                cam_to_lidar=np.tile(np.eye(4), (6, 1, 1)),
-                lidar_to_ego=np.eye(4),
-                ego_to_global=np.eye(4),
-                ego_velocity=np.zeros(2),
-                ego_his_traj=np.zeros((2, 2)),
-                ego_his_mask=np.ones(2),
-                ego_fut_traj=np.zeros((6, 2)),
-                ego_fut_mask=np.ones(6),
-                command=2,
-                gt_boxes=np.zeros((0, 9)),
-                gt_labels=np.zeros((0,), dtype=np.int64),
-                gt_num_lidar_pts=np.zeros((0,), dtype=np.int64),
-                gt_instance_tokens=(),
-                gt_fut_traj=np.zeros((0, 6, 2)),
-                gt_fut_mask=np.zeros((0, 6)),
-                map_vectors=np.zeros((0, 20, 2)),
-                map_labels=np.zeros((0,), dtype=np.int64),
+                image_size=(160, 90),
             )
         )
     return write_index(records, root / "index.parquet", IndexMeta(dataroot=str(dataroot), version="bench"))

@@ -101,6 +101,53 @@ class SampleRecord:
         return int(self.gt_boxes.shape[0])
 
 
+def bare_record(
+    *,
+    sample_token: str,
+    scene_token: str,
+    frame_index: int,
+    split: str = "train",
+    cam_paths: tuple[str, ...] | None = None,
+    image_size: tuple[int, int] = (1600, 900),
+    **fields,
+) -> SampleRecord:
+    """A record with identity calibrations and no annotations (an images-only index for tests and benches).
+
+    Camera paths default to samples/<CAM>/<token>.jpg; any other field can be given by name.
+    """
+    base = dict(
+        sample_token=sample_token,
+        scene_token=scene_token,
+        scene_name=f"scene-{scene_token}",
+        split=split,
+        frame_index=frame_index,
+        timestamp=1_000_000 + 500_000 * frame_index,
+        map_name="singapore-onenorth",
+        cam_paths=cam_paths or tuple(f"samples/{cam}/{sample_token}.jpg" for cam in CAMERAS),
+        cam_image_sizes=np.tile([list(image_size)], (len(CAMERAS), 1)),
+        cam_intrinsics=np.tile(np.eye(3), (len(CAMERAS), 1, 1)),
+        cam_to_lidar=np.tile(np.eye(4), (len(CAMERAS), 1, 1)),
+        lidar_to_ego=np.eye(4),
+        ego_to_global=np.eye(4),
+        ego_velocity=np.zeros(2),
+        ego_his_traj=np.zeros((HIS_STEPS, 2)),
+        ego_his_mask=np.ones(HIS_STEPS),
+        ego_fut_traj=np.zeros((FUT_STEPS, 2)),
+        ego_fut_mask=np.ones(FUT_STEPS),
+        command=2,
+        gt_boxes=np.zeros((0, 9)),
+        gt_labels=np.zeros((0,), dtype=np.int64),
+        gt_num_lidar_pts=np.zeros((0,), dtype=np.int64),
+        gt_instance_tokens=(),
+        gt_fut_traj=np.zeros((0, FUT_STEPS, 2)),
+        gt_fut_mask=np.zeros((0, FUT_STEPS)),
+        map_vectors=np.zeros((0, MAP_POINTS, 2)),
+        map_labels=np.zeros((0,), dtype=np.int64),
+    )
+    base.update(fields)
+    return SampleRecord(**base)
+
+
 # Array fields: dtype and trailing shape. A leading dimension of None is per-sample (N boxes, M vectors);
 # its length is recovered from the flat list and the trailing shape.
 _ARRAY_FIELDS: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {

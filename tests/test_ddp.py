@@ -26,8 +26,6 @@ from netroller.models.vad.model import VAD
 from netroller.stages.batching import global_batches, loss_counts, rank_share, share_of_global
 from netroller.stages.train import TrainConfig, build_dataset, make_loader, read_metrics, train
 
-torch.set_num_threads(1)
-
 SAMPLES, BATCH = 4, 2
 
 

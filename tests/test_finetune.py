@@ -18,8 +18,6 @@ from netroller.stages.finetune import NetRollerConfig, check_key, finetune, fine
 from netroller.stages.train import TrainConfig, train
 from netroller.storage.reader import CacheReader
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def baseline(index_path, tmp_path_factory):

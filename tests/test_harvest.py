@@ -17,7 +17,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from netroller.data.index import CAMERAS, IndexMeta, SampleRecord, write_index
+from netroller.data.index import IndexMeta, SampleRecord, bare_record, write_index
 from netroller.errors import (
     CacheKeyMismatchError,
     CacheLockedError,
@@ -32,34 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _record(token: str, scene: str, frame: int, split: str) -> SampleRecord:
-    return SampleRecord(
-        sample_token=token,
-        scene_token=scene,
-        scene_name=f"scene-{scene}",
-        split=split,
-        frame_index=frame,
-        timestamp=1_000_000 + 500_000 * frame,
-        map_name="singapore-onenorth",
-        cam_paths=tuple(f"samples/{cam}/{token}.jpg" for cam in CAMERAS),
-        cam_image_sizes=np.tile([[32, 24]], (6, 1)),
-        cam_intrinsics=np.tile(np.eye(3), (6, 1, 1)),
-        cam_to_lidar=np.tile(np.eye(4), (6, 1, 1)),
-        lidar_to_ego=np.eye(4),
-        ego_to_global=np.eye(4),
-        ego_velocity=np.zeros(2),
-        ego_his_traj=np.zeros((2, 2)),
-        ego_his_mask=np.ones(2),
-        ego_fut_traj=np.zeros((6, 2)),
-        ego_fut_mask=np.ones(6),
-        command=2,
-        gt_boxes=np.zeros((0, 9)),
-        gt_labels=np.zeros((0,), dtype=np.int64),
-        gt_num_lidar_pts=np.zeros((0,), dtype=np.int64),
-        gt_instance_tokens=(),
-        gt_fut_traj=np.zeros((0, 6, 2)),
-        gt_fut_mask=np.zeros((0, 6)),
-        map_vectors=np.zeros((0, 20, 2)),
-        map_labels=np.zeros((0,), dtype=np.int64),
+    return bare_record(
+        sample_token=token, scene_token=scene, frame_index=frame, split=split, image_size=(32, 24)
     )
 
 
@@ -79,17 +53,6 @@ def make_index(root: Path, samples: int = 6) -> Path:
     return write_index(
         records, root / "index.parquet", IndexMeta(dataroot=str(dataroot), version="v1.0-mini")
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """These tests share 2 cores with other processes: torch's 2 OpenMP threads would spin against them."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -18,17 +18,6 @@ from netroller.pipeline import chaos
 KILL_TRIALS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """2 shared cores: torch's OpenMP threads would spin against the other processes."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(index_path, tiny_gm, tmp_path_factory) -> chaos.HarvestSetup:
     """The val split (8 samples) harvested uninterrupted: T=4, 4 shards of 2; what every trial compares with."""

@@ -8,25 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from netroller.data.nusc import TABLES
 from netroller.data.synth.catalog import ATTRIBUTES, CATEGORIES, VISIBILITY
 from netroller.data.synth.sensors import CAMERAS, LIDAR, LIDAR_ROTATION, LIDAR_TRANSLATION, Camera
 from netroller.data.synth.tokens import TokenFactory
 
-TABLE_NAMES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
+TABLE_NAMES = TABLES  # the 13 tables the devkit loads
 
 
 @dataclass
