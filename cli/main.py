@@ -36,6 +36,18 @@ _COMMAND_MODULES = (
 app = typer.Typer(
     name="netroller",
     help="NetRoller: harvest a VLM's hidden states once into a verified cache, then train and evaluate VAD + the NetRoller adapter from it.",
+    epilog=(
+        "Examples:\n\n\b\n"
+        "  netroller data synth --out work/nuscenes\n"
+        "  netroller prepare --dataroot work/nuscenes --version v1.0-mini --out work/index.parquet\n"
+        "  netroller harvest --index work/index.parquet --out work/cache --tokens 4\n"
+        "  netroller train --index work/index.parquet --out work/runs/baseline --epochs 6\n"
+        "  netroller train --index work/index.parquet --cache work/cache --init work/runs/baseline "
+        "--mode bias --shift query --out work/runs/bias-query\n"
+        "  netroller eval --run work/runs/bias-query --index work/index.parquet --cache work/cache\n"
+        "  netroller report work/runs/baseline work/runs/bias-query\n"
+        "  netroller pipeline            # all of the above on the embedded defaults\n"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
