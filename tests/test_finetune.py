@@ -204,3 +204,10 @@ def test_report_of_an_unevaluated_run_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(MissingPathError, match="no evaluation yet"):
         collect([tmp_path / "run"])
+
+
+def test_unfrozen_finetune_trains_the_sm_too(bias_run, baseline):
+    base = load_file(str(baseline / "checkpoints" / "last.safetensors"))
+    after = load_file(str(bias_run / "checkpoints" / "last.safetensors"))
+    changed = [k for k, v in base.items() if v.is_floating_point() and not torch.equal(after[k], v)]
+    assert len(changed) > len(base) // 2  # the SM moved with the adapter: gradients reached it
