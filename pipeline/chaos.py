@@ -577,7 +577,7 @@ def train_kill_trial(
 ) -> TrialResult:
     """SIGKILL `netroller train` right after its first checkpoint; `--resume` must log the same step losses
     as an uninterrupted run of the same settings."""
-    from netroller.stages.train import read_metrics
+    from netroller.stages.run_dir import read_metrics
 
     work = Path(work)
     shutil.rmtree(work, ignore_errors=True)

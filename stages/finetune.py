@@ -34,11 +34,10 @@ from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, Shif
 from netroller.models.vad.config import recipe
 from netroller.models.vad.model import VAD
 from netroller.pipeline.ddp import current_group
+from netroller.stages.run_dir import HOOK_PREFIX, load_weights
 from netroller.stages.train import (
-    HOOK_PREFIX,
     TrainConfig,
     TrainHooks,
-    _load_weights,
     build_dataset,
     load_run,
     train,
@@ -252,7 +251,7 @@ def netroller_hooks(
 
     def prepare(model: VAD) -> None:
         if init is not None:
-            _load_weights(model, init[0], init[1])
+            load_weights(model, init[0], init[1])
 
     base = build_dataset(cfg, vad_cfg)
     index = read_index(cfg.index)
@@ -339,7 +338,5 @@ def load_netroller_run(
     roller = NetRoller(adapter_cfg)
     weights = load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
     prefix = f"{HOOK_PREFIX}netroller."
-    _load_weights(
-        roller, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, Path(run)
-    )
+    load_weights(roller, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, Path(run))
     return model, roller.to(device).eval(), meta, vad_cfg, train_cfg

@@ -4,7 +4,7 @@
     netroller train --index work/index.parquet --out work/runs/baseline --epochs 4 --resume
     netroller train --index work/index.parquet --out work/runs/ddp --batch-size 4 --num-workers 2
 
-Run dir:
+Run dir (files written by netroller.stages.run_dir):
     train_config.json, model_config.json         the configs, written before the first step
     checkpoints/epoch_0001.safetensors (+ .pt)    weights; optimizer, scheduler, RNG state and epoch beside
     checkpoints/last.safetensors (+ last.pt)      the latest epoch; last.pt is written last (the commit)
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -52,9 +52,14 @@ from netroller.stages.batching import (
     rank_share,
     share_of_global,
 )
-from netroller.storage.atomic import atomic_path, write_json_atomic, write_text_atomic
-
-HOOK_PREFIX = "hook."
+from netroller.stages.run_dir import (
+    HOOK_PREFIX,
+    MetricsLog,
+    load_weights,
+    save_checkpoint,
+    trim_metrics,
+)
+from netroller.storage.atomic import write_json_atomic
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,55 +272,6 @@ def train_step(
     return result
 
 
-def _state_dict(model: VAD, extra: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for name, m in extra.items():
-        sd.update(
-            {f"{HOOK_PREFIX}{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        )
-    return sd
-
-
-def _save_checkpoint(run: Path, epoch: int, model: VAD, extra: dict, optimizer, scheduler) -> None:
-    ckpt = run / "checkpoints"
-    weights = _state_dict(model, extra)
-    state = {
-        "epoch": epoch,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "weights": f"epoch_{epoch:04d}.safetensors",
-    }
-    for name in (f"epoch_{epoch:04d}", "last"):
-        with atomic_path(ckpt / f"{name}.safetensors") as tmp:
-            save_file(weights, str(tmp))
-    with atomic_path(ckpt / f"epoch_{epoch:04d}.pt") as tmp:
-        torch.save(state, tmp)
-    # last.pt names the epoch file it belongs to and is written last: a crash before it leaves the
-    # previous epoch as the resume point.
-    with atomic_path(ckpt / "last.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
-    """Strict load with one clear line for the first mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    if missing:
-        raise ModelError(
-            f"{where}: weights lack {missing[0]} (and {len(missing) - 1} more) for this model config"
-        )
-    unexpected = sorted(set(weights) - set(own))
-    if unexpected:
-        raise ModelError(f"{where}: weights have {unexpected[0]} which this model config does not")
-    for k, v in own.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise ModelError(
-                f"{where}: {k} has shape {tuple(weights[k].shape)}, the model config expects {tuple(v.shape)}"
-            )
-    model.load_state_dict(weights)
-
-
 def _check_resume(run: Path, cfg: TrainConfig) -> None:
     saved = TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
     for name in _RESUME_FIXED:
@@ -323,41 +279,6 @@ def _check_resume(run: Path, cfg: TrainConfig) -> None:
             raise ConfigError(
                 f"--resume: {run} was trained with {name}={getattr(saved, name)!r}, not {getattr(cfg, name)!r}"
             )
-
-
-def _trim_metrics(path: Path, last_epoch: int) -> None:
-    """Drop lines of an interrupted epoch, so the log matches the checkpoint being resumed."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= last_epoch]
-    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
-
-
-class _MetricsLog:
-    """metrics.jsonl (always) and TensorBoard (when importable)."""
-
-    def __init__(self, run: Path):
-        self.path = run / "metrics.jsonl"
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tensorboard"))
-        except ImportError:  # tensorboard is optional
-            pass
-
-    def write(self, record: dict, step: int) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"{record['kind']}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig) -> SampleDataset:
@@ -428,10 +349,10 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     if cfg.resume and has_ckpt:
         state = torch.load(ckpt_dir / "last.pt", weights_only=False, map_location="cpu")
         weights = load_file(str(ckpt_dir / state["weights"]))
-        _load_weights(model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, ckpt_dir)
+        load_weights(model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, ckpt_dir)
         for name, m in hooks.modules.items():
             prefix = f"{HOOK_PREFIX}{name}."
-            _load_weights(
+            load_weights(
                 m, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, ckpt_dir
             )
         optimizer.load_state_dict(state["optimizer"])
@@ -439,7 +360,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
         if main:
-            _trim_metrics(run / "metrics.jsonl", state["epoch"])
+            trim_metrics(run / "metrics.jsonl", state["epoch"])
     elif main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "metrics.jsonl").unlink(missing_ok=True)
@@ -449,7 +370,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     if main:
         write_json_atomic(run / "train_config.json", cfg.to_json())
         write_json_atomic(run / "model_config.json", config_to_dict(vad_cfg))
-        log = _MetricsLog(run)
+        log = MetricsLog(run)
         if hooks.describe and start_epoch == 1:
             log.write({"kind": "run", "epoch": 0, **hooks.describe}, 0)
     try:
@@ -500,21 +421,11 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
                         {"": model, **{f"{HOOK_PREFIX}{n}.": m for n, m in hooks.modules.items()}}
                     )
                 if main:
-                    _save_checkpoint(run, epoch, model, hooks.modules, optimizer, scheduler)
+                    save_checkpoint(run, epoch, model, hooks.modules, optimizer, scheduler)
     finally:
         if log is not None:
             log.close()
     return run
-
-
-def read_metrics(run: Path, kind: str = "epoch") -> list[dict]:
-    """The run's metrics lines of one kind ("step" or "epoch")."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [
-        r for r in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()) if r["kind"] == kind
-    ]
 
 
 def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig]:
@@ -532,7 +443,7 @@ def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainCo
         raise ModelError(f"{run}: unreadable config ({err})") from err
     model = VAD(vad_cfg)
     weights = load_file(str(run / "checkpoints" / "last.safetensors"))
-    _load_weights(
+    load_weights(
         model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, run / "checkpoints"
     )
     return model.to(device).eval(), vad_cfg, train_cfg

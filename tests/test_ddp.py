@@ -24,7 +24,8 @@ from netroller.models.vad.config import recipe
 from netroller.models.vad.losses import vad_loss
 from netroller.models.vad.model import VAD
 from netroller.stages.batching import global_batches, loss_counts, rank_share, share_of_global
-from netroller.stages.train import TrainConfig, build_dataset, make_loader, read_metrics, train
+from netroller.stages.run_dir import read_metrics
+from netroller.stages.train import TrainConfig, build_dataset, make_loader, train
 
 SAMPLES, BATCH = 4, 2
 

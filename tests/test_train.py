@@ -14,7 +14,8 @@ from netroller.data.dataset import SampleDataset, collate
 from netroller.data.index import read_index
 from netroller.errors import ConfigError, ModelError
 from netroller.models.vad.config import config_to_dict, vad_tiny
-from netroller.stages.train import TrainConfig, TrainHooks, load_run, read_metrics, train
+from netroller.stages.run_dir import read_metrics
+from netroller.stages.train import TrainConfig, TrainHooks, load_run, train
 
 
 def config(vad_index, out, **over) -> TrainConfig:
