@@ -7,7 +7,9 @@ Each step has a fingerprint: a hash of its own settings and of its inputs' finge
 leaves a stamp (work/.stamps/<step>.json) holding that fingerprint; a step whose stamp matches and whose
 output is complete is skipped, so a second run finishes in seconds. A step whose settings changed starts
 over (its old output is removed first). A step killed half-way resumes: the harvest from its committed
-shards, training from its last checkpoint; the others write atomically and simply run again.
+shards, training from its last checkpoint; the others write atomically and simply run again. A step
+killed half-way and then asked for with other settings starts over too (its `.running.json` stamp says
+which settings the half-built output belongs to).
 """
 
 from __future__ import annotations
@@ -259,19 +261,23 @@ def run_pipeline(cfg: PipelineConfig, *, log: Callable[[str], None] = print) -> 
         if previous == fp and step.complete():
             log(f"[{i}/{len(steps)}] {step.name}: up to date")
             continue
-        if previous is not None and previous != fp:
-            # Built from other settings: start over rather than resume something else.
+        running = stamps / f"{step.name}.running.json"
+        half_built = json.loads(running.read_text())["fingerprint"] if running.is_file() else None
+        if (previous is not None and previous != fp) or (half_built is not None and half_built != fp):
+            # Built, or half-built, from other settings: start over rather than resume something else.
             for out in step.outputs:
                 if out.is_dir():
                     shutil.rmtree(out)
                 elif out.exists():
                     out.unlink()
-            stamp.unlink()
+            stamp.unlink(missing_ok=True)
         log(f"[{i}/{len(steps)}] {step.name} ...")
+        write_json_atomic(running, {"fingerprint": fp})  # a kill from here on resumes this same step
         t0 = time.perf_counter()
         step.run()
         timings[step.name] = round(time.perf_counter() - t0, 1)
         write_json_atomic(stamp, {"fingerprint": fp, "seconds": timings[step.name]})
+        running.unlink()
         log(f"[{i}/{len(steps)}] {step.name}: done in {timings[step.name]:.1f} s")
     total = round(time.perf_counter() - started, 1)
     write_json_atomic(cfg.work / "pipeline.json", {"seconds_total": total, "seconds_by_step": timings})

@@ -52,3 +52,17 @@ def test_changed_setting_reruns_only_what_depends_on_it(smoke_run):
 def test_bad_pipeline_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="variants need distinct names"):
         dataclasses.replace(PipelineConfig(work=tmp_path), variants=(smoke().variants[0],) * 2)
+
+
+def test_half_built_step_from_other_settings_starts_over(smoke_run):
+    work, report, _ = smoke_run
+    stamps = work / ".stamps"
+    (stamps / "report.json").unlink()
+    (stamps / "report.running.json").write_text(json.dumps({"fingerprint": "other settings"}))
+    report.write_text("half-written by a killed run with other settings")
+    lines: list[str] = []
+    run_pipeline(smoke(work), log=lines.append)
+    ran = [ln for ln in lines if ln.startswith("[") and ln.endswith("...")]
+    assert len(ran) == 1 and "report" in ran[0]
+    assert "| baseline | baseline |" in report.read_text()
+    assert not (stamps / "report.running.json").exists()
