@@ -86,8 +86,9 @@ def gm_note(cache: Path | None) -> str:
     from netroller.models.gm.tiny import STAND_IN_FILE
     from netroller.storage.meta import read_meta
 
-    model = read_meta(cache).key.model
-    if (Path(model) / STAND_IN_FILE).is_file():
+    key = read_meta(cache).key
+    model = key.model
+    if key.model_stand_in or (Path(model) / STAND_IN_FILE).is_file():
         return (
             f"**GM: random-weight stand-in** ({model}). Its latents carry no knowledge; any effect of the "
             "adapter here is not a NetRoller result."

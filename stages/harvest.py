@@ -173,6 +173,7 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     key = CacheKey(
         model=gm.name,
         model_hash=gm.model_hash,
+        model_stand_in=gm.is_random_stand_in,
         processor_hash=gm.processor_hash,
         prompt_hash=prompts.hash(),
         layers=layers,

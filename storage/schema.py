@@ -55,6 +55,8 @@ class CacheKey:
     """Model path or hub id the latents come from."""
     model_hash: str
     """Hash of the model weights."""
+    model_stand_in: bool = False
+    """The GM is NetRoller's embedded random-weight stand-in (reports say so)."""
     processor_hash: str
     """Hash of the processor/tokenizer files."""
     prompt_hash: str
@@ -126,7 +128,9 @@ class CacheKey:
         if unknown:
             raise CacheError(f"cache key has unknown field {unknown[0]!r}")
         missing = [
-            f.name for f in fields(cls) if f.name not in d and f.name not in ("dtype", "format_version")
+            f.name
+            for f in fields(cls)
+            if f.name not in d and f.name not in ("dtype", "format_version", "model_stand_in")
         ]
         if missing:
             raise CacheError(f"cache key is missing field {missing[0]!r}")

@@ -39,6 +39,7 @@ def test_finetune_records_settings_and_latent_key(bias_run, tiny_cache):
     assert saved["latents_key"]["model_hash"] == key.model_hash
     assert saved["latents_key"]["layers"] == list(key.layers)
     assert saved["adapter"]["gm_hidden"] == key.hidden_size
+    assert key.model_stand_in  # the tiny GM is recorded as the random-weight stand-in
 
 
 def test_finetune_checkpoint_holds_the_adapter(bias_run):
@@ -87,6 +88,7 @@ def test_eval_of_a_netroller_run_writes_each_variant(bias_evals):
         metrics = json.loads((bias_evals / name / "metrics.json").read_text())
         assert metrics["latent_lag"] == lag and metrics["shuffled_latents"] == shuffle
         assert metrics["netroller_mode"] == "bias" and np.isfinite(metrics["plan_l2_1s"] or 0.0)
+    assert "random-weight stand-in" in (bias_evals / "eval" / "report.md").read_text()
     lagged = json.loads((bias_evals / "eval-lag1" / "metrics.json").read_text())
     assert lagged["samples_without_latents"] >= 1  # the val scene's first keyframe has no earlier frame
 
