@@ -81,7 +81,7 @@ class MapVectorizer:
         elements: list[tuple[int, LineString]] = []
 
         for geom in self._dividers.clipped(coeffs, patch):
-            elements.extend((_DIVIDER, ln) for ln in _lines(geom))
+            elements.extend((_DIVIDER, ln) for ln in _parts(geom, LineString))
 
         peds = self._peds.clipped(coeffs, patch)
         for ring_lines in _outline_lines(peds, _local_box(+0.2)):
@@ -125,32 +125,24 @@ class _GeometrySet:
         return [g for g in clipped if not g.is_empty]
 
 
-def _lines(geom) -> Iterable[LineString]:
-    """The line pieces of a clipping result (points and polygons from degenerate touches are dropped)."""
-    if isinstance(geom, LineString):
+def _parts(geom, kind: type) -> Iterable:
+    """The non-empty pieces of type `kind` (LineString or Polygon) of a shapely result, collections unpacked
+    (points and other degenerate pieces of a clipping are dropped)."""
+    if isinstance(geom, kind):
         if not geom.is_empty:
             yield geom
     elif hasattr(geom, "geoms"):
         for part in geom.geoms:
-            yield from _lines(part)
-
-
-def _polygons(geom) -> Iterable[Polygon]:
-    if isinstance(geom, Polygon):
-        if not geom.is_empty:
-            yield geom
-    elif hasattr(geom, "geoms"):
-        for part in geom.geoms:
-            yield from _polygons(part)
+            yield from _parts(part, kind)
 
 
 def _outline_lines(polys: list, clip: Polygon) -> list[LineString]:
     """MapTR's outline extraction: union, rings oriented (exterior cw, holes ccw), clipped, pieces merged."""
     if not polys:
         return []
-    union = ops.unary_union([p for g in polys for p in _polygons(g)])
+    union = ops.unary_union([p for g in polys for p in _parts(g, Polygon)])
     rings = []
-    for poly in _polygons(union):
+    for poly in _parts(union, Polygon):
         ext = poly.exterior
         rings.append(LineString(list(ext.coords)[::-1]) if ext.is_ccw else LineString(ext.coords))
         for hole in poly.interiors:
@@ -160,7 +152,7 @@ def _outline_lines(polys: list, clip: Polygon) -> list[LineString]:
         lines = ring.intersection(clip)
         if isinstance(lines, MultiLineString):
             lines = ops.linemerge(lines)
-        out.extend(_lines(lines))
+        out.extend(_parts(lines, LineString))
     return out
 
 

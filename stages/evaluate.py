@@ -102,11 +102,15 @@ def variant_name(latent_lag: int = 0, shuffle_latents: bool = False) -> str:
     return name
 
 
-def predict(model, vad_cfg, index: Index, cfg: EvalConfig, dataroot: Path, roller=None, latents=None) -> list:
-    """Decoded predictions (`VADPrediction`) of the first `max_samples` samples of the split, in order.
+def predict(
+    model, vad_cfg, index: Index, cfg: EvalConfig, dataroot: Path, roller=None, latents=None
+) -> tuple[list, int]:
+    """Decoded predictions (`VADPrediction`) of the first `max_samples` samples of the split, in order, and
+    how many of those samples had no latents.
 
     With a NetRoller adapter (`roller`) each batch carries the latents of `latents` (a LatentSource) for the
-    samples chosen by the lag / shuffle settings, and the adapter shifts the BEV.
+    samples chosen by the lag / shuffle settings, and the adapter shifts the BEV. A sample without latents
+    (a lag before its scene starts, a sample the harvest could not process) sees only the nonsensical token.
     """
     from netroller.data.dataset import SampleDataset, collate
     from netroller.data.latents import LatentCollate, LatentDataset, latent_sources
@@ -129,16 +133,18 @@ def predict(model, vad_cfg, index: Index, cfg: EvalConfig, dataroot: Path, rolle
     )
     model.eval()
     preds = []
+    without_latents = 0
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="batch"):
             batch = batch.to(cfg.device)
             shift = None
             if roller is not None:
                 lat = batch.latents
+                without_latents += int((~lat.present).sum())
                 shift = roller.shift(lat.hidden, lat.length, lat.present)
             outputs = model(batch.inputs, shift)
             preds.extend(decode(outputs, batch))
-    return preds
+    return preds, without_latents
 
 
 def _open_run_latents(meta: dict | None, cfg: EvalConfig):
@@ -219,7 +225,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     dataroot = index.dataroot(cfg.dataroot)
     eval_set = eval_set_for(index.meta.version, cfg.split)
     nusc = open_nuscenes(dataroot, index.meta.version)  # before inference: a broken dataroot fails fast
-    preds = predict(model, vad_cfg, index, cfg, dataroot, roller=roller, latents=latents)
+    preds, without_latents = predict(model, vad_cfg, index, cfg, dataroot, roller=roller, latents=latents)
     records = {r.sample_token: r for r in index.split(cfg.split)}
     target = cfg.run / cfg.out_name
     with atomic_path(target) as tmp:
@@ -235,7 +241,7 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["netroller_shift"] = nr["shift"]
             metrics["latent_lag"] = cfg.latent_lag
             metrics["shuffled_latents"] = cfg.shuffle_latents
-            metrics["samples_without_latents"] = _count_without_latents(preds, index, cfg, latents)
+            metrics["samples_without_latents"] = without_latents
         (tmp / "metrics.json").write_text(metrics_json(metrics))
         write_predictions(preds, records, tmp / "predictions.parquet")
         plots = _plots(preds[: cfg.num_plots], records, dataroot, tmp / "plots")
@@ -248,17 +254,6 @@ def evaluate(cfg: EvalConfig) -> Path:
         report = render_report(metrics, run=cfg.run, split=cfg.split, notes=notes, plots=plots)
         (tmp / "report.md").write_text(report)
     return target
-
-
-def _count_without_latents(preds: list, index: Index, cfg: EvalConfig, latents) -> int:
-    """Evaluated samples whose adapter saw only the nonsensical token (lag before the scene, failed harvest)."""
-    from netroller.data.latents import latent_sources
-
-    records = [index[p.sample_token] for p in preds]
-    sources = latent_sources(
-        index, records, lag=cfg.latent_lag, shuffle=cfg.shuffle_latents, seed=cfg.shuffle_seed
-    )
-    return sum(t is None or t not in latents.reader for t in sources)
 
 
 def write_predictions(preds: list, records: dict[str, SampleRecord], path: Path) -> Path:

@@ -253,8 +253,8 @@ def netroller_hooks(
         if init is not None:
             load_weights(model, init[0], init[1])
 
-    base = build_dataset(cfg, vad_cfg)
     index = read_index(cfg.index)
+    base = build_dataset(cfg, vad_cfg, index)
     sources = latent_sources(
         index, base.records, lag=nr.latent_lag, shuffle=nr.shuffle_latents, seed=nr.shuffle_seed
     )

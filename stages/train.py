@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from netroller.data.dataset import SampleDataset, collate
-from netroller.data.index import read_index
+from netroller.data.index import Index, read_index
 from netroller.errors import ConfigError, ModelError
 from netroller.models.vad.batch import Batch
 from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
@@ -281,9 +281,11 @@ def _check_resume(run: Path, cfg: TrainConfig) -> None:
             )
 
 
-def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig) -> SampleDataset:
-    """The split's samples; those with unreadable camera images are left out, with one line on stderr."""
-    index = read_index(cfg.index)
+def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig, index: Index | None = None) -> SampleDataset:
+    """The split's samples; those with unreadable camera images are left out, with one line on stderr.
+
+    `index`: the already loaded `cfg.index`, where the caller has it (saves reading it again)."""
+    index = index if index is not None else read_index(cfg.index)
     dataset = SampleDataset(
         index,
         cfg.split,
