@@ -18,6 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+from netroller.storage.atomic import write_json_atomic
+
 TOPICS = ("reader", "gm", "harvest", "vad", "netroller")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,9 +55,7 @@ def main(argv: list[str]) -> int:
             failed += 1
         results[topic] = figures
         print(json.dumps(figures, indent=2), flush=True)
-        tmp = out_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        tmp.replace(out_path)
+        write_json_atomic(out_path, results)
     print(f"wrote {out_path}")
     return 1 if failed else 0
 

@@ -86,17 +86,19 @@ def map_ap(
     out: dict[str, float] = {}
     class_means = []
     for c, name in enumerate(MAP_CLASSES):
+        # The Chamfer distances do not depend on the threshold: compute them once per sample and class.
+        per_sample, num_gt = [], 0
+        for p in predictions:
+            gt = np.asarray(gt_vectors[p.sample_token])[np.asarray(gt_labels[p.sample_token]) == c]
+            sel = np.asarray(p.map_labels) == c
+            pv, ps = np.asarray(p.map_vectors)[sel], np.asarray(p.map_scores, dtype=np.float64)[sel]
+            num_gt += gt.shape[0]
+            per_sample.append((chamfer_matrix(pv, gt), ps))
+        scores = np.concatenate([ps for _, ps in per_sample])
         per_thr = []
         for thr in MAP_THRESHOLDS:
-            tps, scores, num_gt = [], [], 0
-            for p in predictions:
-                gt = np.asarray(gt_vectors[p.sample_token])[np.asarray(gt_labels[p.sample_token]) == c]
-                sel = np.asarray(p.map_labels) == c
-                pv, ps = np.asarray(p.map_vectors)[sel], np.asarray(p.map_scores, dtype=np.float64)[sel]
-                num_gt += gt.shape[0]
-                tps.append(_tp_fp(chamfer_matrix(pv, gt), ps, thr))
-                scores.append(ps)
-            ap = average_precision(np.concatenate(tps), np.concatenate(scores), num_gt)
+            tps = np.concatenate([_tp_fp(dist, ps, thr) for dist, ps in per_sample])
+            ap = average_precision(tps, scores, num_gt)
             out[f"map_ap_{name}_{thr}"] = ap
             per_thr.append(ap)
         out[f"map_ap_{name}"] = float(np.mean(per_thr))

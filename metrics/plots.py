@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from netroller.data.index import MAP_CLASSES, SampleRecord  # noqa: E402
-from netroller.metrics.planning import EGO_LENGTH, EGO_WIDTH, box_corners  # noqa: E402
+from netroller.metrics.planning import box_corners, ego_boxes  # noqa: E402
 
 _MAP_COLOURS = {"divider": "tab:orange", "ped_crossing": "tab:blue", "boundary": "tab:purple"}
 # The 12 edges of a box from `corners_3d`: bottom face 0-3, top face 4-7.
@@ -58,7 +58,7 @@ def plot_bev(
         )
     _draw_boxes_bev(ax, record.gt_boxes, "tab:green", "-")
     _draw_boxes_bev(ax, np.asarray(pred.boxes)[np.asarray(pred.scores) >= score_min], "tab:red", "--")
-    ego = box_corners(np.array([0.0, 0.5]), EGO_WIDTH, EGO_LENGTH, np.pi / 2)
+    ego = ego_boxes(np.zeros((1, 2)))[0]  # the footprint the collision check uses
     ax.fill(ego[:, 0], ego[:, 1], color="black", alpha=0.6)
     valid = record.ego_fut_mask > 0.5
     gt = np.concatenate([np.zeros((1, 2)), record.ego_fut_traj[valid]])

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -257,7 +257,7 @@ class HarvestSetup:
             "--shard-size", str(self.shard_size), "--splits", self.splits, "--workers", str(workers), *extra,
         ]  # fmt: skip
 
-    def harvest(self, out: Path, **kw) -> Path:
+    def harvest(self, out: Path) -> Path:
         from netroller.stages.harvest import HarvestConfig, harvest
 
         cfg = HarvestConfig(
@@ -270,13 +270,7 @@ class HarvestSetup:
             workers=0,
             progress=False,
         )
-        return harvest(cfg if not kw else _replace(cfg, **kw))
-
-
-def _replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
+        return harvest(cfg)
 
 
 def make_setup(
@@ -295,7 +289,7 @@ def make_setup(
     times = sorted(json.loads(p.read_text())["time"] for p in (reference / "commits").glob("*.json"))
     shards = CacheReader(reference).layout.num_shards
     gap = float(np.median(np.diff(times))) if len(times) > 1 else 0.5
-    return _replace(probe, num_shards=shards, shard_seconds=gap)
+    return replace(probe, num_shards=shards, shard_seconds=gap)
 
 
 # ---- scenarios ------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ class HarvestActor:
         transformers_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in the driver's log
         self._spec = spec
         self._progress = progress
-        gm = load_gm(spec.model, device=spec.device)
+        gm = load_gm(spec.model, device=spec.device, fingerprint=False)  # the driver built the cache key
         self._capturer = LatentCapturer(gm, layers=spec.layers, tokens=spec.tokens)
 
     def ready(self) -> int:

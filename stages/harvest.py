@@ -30,14 +30,11 @@ from netroller.models.gm.capture import LatentCapturer, resolve_layers
 from netroller.models.gm.loader import LoadedGM, load_gm
 from netroller.models.gm.prompts import PromptSource
 from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
-from netroller.storage.reader import CacheReader
 from netroller.storage.schema import LATENT_DTYPES, CacheKey, LatentDType, ManifestRow
 from netroller.storage.writer import CacheWriter
 
 if TYPE_CHECKING:
     from netroller.storage.schema import CommitRecord
-
-_BYTES_PER_VALUE = {"float16": 2, "float32": 4, "bfloat16": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,10 +117,6 @@ class HarvestPlan:
     dataroot: Path
     key: CacheKey
     manifest: list[ManifestRow] = field(default_factory=list)
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return len(self.layers) * self.key.tokens * self.key.hidden_size * _BYTES_PER_VALUE[self.key.dtype]
 
 
 def _select_records(index: Index, splits: Sequence[str]) -> list[SampleRecord]:
@@ -315,7 +308,7 @@ def harvest(cfg: HarvestConfig) -> Path:
         stand_in = " (random-weight stand-in)" if plan.gm is not None and plan.gm.is_random_stand_in else ""
         log(
             f"harvest: {len(plan.records)} samples, {len(todo)}/{writer.num_shards} shards pending "
-            f"({n_todo} samples), estimated cache size {_human_bytes(len(plan.records) * plan.bytes_per_sample)} "
+            f"({n_todo} samples), estimated cache size {_human_bytes(len(plan.records) * writer.layout.sample_bytes())} "
             f"(L={len(plan.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
             f"GM {plan.key.model}{stand_in}; {'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
         )
@@ -353,8 +346,7 @@ def harvest(cfg: HarvestConfig) -> Path:
                 )
                 # Progress messages may still be in flight when the last shard returned.
                 bar.update(bar.total - bar.n)
-        writer.finalize()
-    failed = len(CacheReader(root).failures())
+        failed = writer.finalize()
     if failed:
         log(f"harvest: {failed} sample(s) could not be harvested; see {root / 'failures.parquet'}")
     return root

@@ -11,8 +11,6 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -110,12 +108,3 @@ def release(path: Path, me: dict) -> None:
     if _read(path) == me:
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)
-
-
-@contextmanager
-def write_lock(cache: Path, path: Path) -> Iterator[None]:
-    me = acquire(cache, path)
-    try:
-        yield
-    finally:
-        release(path, me)

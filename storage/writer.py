@@ -269,8 +269,9 @@ class CacheWriter:
         commits.write_commit(self.root, record)  # last: the shard now exists for readers
         return record
 
-    def finalize(self) -> None:
-        """Write failures.parquet (sample_token, shard, reason) from the valid commit records, atomically."""
+    def finalize(self) -> int:
+        """Write failures.parquet (sample_token, shard, reason) from the valid commit records, atomically;
+        returns how many samples failed."""
         valid, _, _ = commits.scan_commits(self.root, self.layout)
         rows = [(t, shard, r) for shard in sorted(valid) for t, r in valid[shard].failures]
         table = pa.Table.from_arrays(
@@ -286,6 +287,7 @@ class CacheWriter:
             atomic_path(self.root / FAILURES_FILE) as tmp,
         ):
             pq.write_table(table, tmp)
+        return len(rows)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -346,6 +348,8 @@ class CacheWriter:
     def _check_failures(
         self, shard: int, rows: range, failures: tuple[tuple[str, str], ...], length: np.ndarray
     ) -> None:
+        if not failures:  # nothing to check: don't read the manifest (a worker opens a writer per shard)
+            return
         if self._tokens is None:
             manifest = read_manifest(
                 self.root, samples=self.layout.samples, shard_size=self.layout.shard_size

@@ -119,7 +119,9 @@ def build(frames) -> dict:
     for scene_token, sample_token, st, r in frames:
         sc: Scenario = st.scenario
         t = r["frame"] * KEYFRAME_DT
-        entry = out.setdefault(scene_token, {"scene_description": scene_description(sc), "key_frames": {}})
+        if scene_token not in out:  # once per scene, not per keyframe
+            out[scene_token] = {"scene_description": scene_description(sc), "key_frames": {}}
+        entry = out[scene_token]
         ego_xy = np.array(r["ego_t"][:2])
         cands = []
         for a in r["anns"]:

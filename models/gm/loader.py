@@ -50,15 +50,21 @@ class LoadedGM:
     hidden_size: int
     """Residual-stream width of the text model."""
     model_hash: str
-    """sha256 over the weight files' names and bytes."""
+    """sha256 over the weight files' names and bytes ("" when loaded with fingerprint=False)."""
     processor_hash: str
-    """sha256 over the tokenizer / processor files' names and bytes."""
+    """sha256 over the tokenizer / processor files' names and bytes ("" when loaded with fingerprint=False)."""
     is_random_stand_in: bool
     """True for the embedded tiny GM (random weights): results must be labelled as such."""
 
 
-def load_gm(model: str | Path, *, device: str = "cpu", dtype: GMDtype = "float32") -> LoadedGM:
-    """Load `model` (folder or hub id) onto `device` in `dtype`; ModelError if missing or not a VLM."""
+def load_gm(
+    model: str | Path, *, device: str = "cpu", dtype: GMDtype = "float32", fingerprint: bool = True
+) -> LoadedGM:
+    """Load `model` (folder or hub id) onto `device` in `dtype`; ModelError if missing or not a VLM.
+
+    `fingerprint=False` skips hashing the files (reading every weight byte again: ~14 GB for a 7B model),
+    for processes that only compute, such as harvest actors whose cache key the driver already built.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
@@ -94,8 +100,8 @@ def load_gm(model: str | Path, *, device: str = "cpu", dtype: GMDtype = "float32
         name=name,
         num_layers=int(text.num_hidden_layers),
         hidden_size=int(text.hidden_size),
-        model_hash=weights_hash(folder),
-        processor_hash=processor_hash(folder),
+        model_hash=weights_hash(folder) if fingerprint else "",
+        processor_hash=processor_hash(folder) if fingerprint else "",
         is_random_stand_in=(folder / STAND_IN_FILE).is_file(),
     )
 
