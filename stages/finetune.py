@@ -34,12 +34,12 @@ from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, Shif
 from netroller.models.vad.config import recipe
 from netroller.models.vad.model import VAD
 from netroller.pipeline.ddp import current_group
-from netroller.stages.run_dir import HOOK_PREFIX, load_weights
+from netroller.stages.run_dir import load_weights, split_weights
 from netroller.stages.train import (
     TrainConfig,
     TrainHooks,
     build_dataset,
-    load_run,
+    load_run_with_hooks,
     train,
 )
 from netroller.storage.atomic import write_json_atomic
@@ -232,8 +232,7 @@ def _init_weights(init: Path) -> tuple[dict, Path]:
     path = init / "checkpoints" / "last.safetensors" if init.is_dir() else init
     if not path.is_file():
         raise ModelError(f"--init: no baseline weights at {path} (give a run dir or a .safetensors file)")
-    weights = load_file(str(path))
-    return {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, path
+    return split_weights(load_file(str(path)))[0], path
 
 
 def _roller_shift(batch, modules):
@@ -329,14 +328,12 @@ def load_netroller_run(
     run: Path, *, device: str = "cpu"
 ) -> tuple[VAD, NetRoller | None, dict | None, object, object]:
     """(VAD, NetRoller or None, netroller.json or None, VADConfig, TrainConfig) of a finished run."""
-    model, vad_cfg, train_cfg = load_run(run, device=device)
+    model, vad_cfg, train_cfg, hooks = load_run_with_hooks(run, device=device)
     saved = Path(run) / NETROLLER_FILE
     if not saved.is_file():
         return model, None, None, vad_cfg, train_cfg
     meta = json.loads(saved.read_text())
     adapter_cfg = AdapterConfig(**meta["adapter"])
     roller = NetRoller(adapter_cfg)
-    weights = load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
-    prefix = f"{HOOK_PREFIX}netroller."
-    load_weights(roller, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, Path(run))
+    load_weights(roller, hooks.get("netroller", {}), Path(run))
     return model, roller.to(device).eval(), meta, vad_cfg, train_cfg

@@ -32,6 +32,19 @@ def checkpoint_weights(model: nn.Module, extra: dict[str, nn.Module]) -> dict[st
     return sd
 
 
+def split_weights(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The inverse of `checkpoint_weights`: (the model's tensors, {module name: that module's tensors})."""
+    model: dict[str, torch.Tensor] = {}
+    hooks: dict[str, dict] = {}
+    for k, v in weights.items():
+        if k.startswith(HOOK_PREFIX):
+            name, _, rest = k[len(HOOK_PREFIX) :].partition(".")
+            hooks.setdefault(name, {})[rest] = v
+        else:
+            model[k] = v
+    return model, hooks
+
+
 def save_checkpoint(run: Path, epoch: int, model: nn.Module, extra: dict, optimizer, scheduler) -> None:
     """Weights as safetensors (epoch and last), then the training state; last.pt last, as the commit."""
     ckpt = run / "checkpoints"

@@ -57,6 +57,7 @@ from netroller.stages.run_dir import (
     MetricsLog,
     load_weights,
     save_checkpoint,
+    split_weights,
     trim_metrics,
 )
 from netroller.storage.atomic import write_json_atomic
@@ -350,13 +351,10 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     start_epoch = 1
     if cfg.resume and has_ckpt:
         state = torch.load(ckpt_dir / "last.pt", weights_only=False, map_location="cpu")
-        weights = load_file(str(ckpt_dir / state["weights"]))
-        load_weights(model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, ckpt_dir)
+        own, extra = split_weights(load_file(str(ckpt_dir / state["weights"])))
+        load_weights(model, own, ckpt_dir)
         for name, m in hooks.modules.items():
-            prefix = f"{HOOK_PREFIX}{name}."
-            load_weights(
-                m, {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, ckpt_dir
-            )
+            load_weights(m, extra.get(name, {}), ckpt_dir)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -432,6 +430,14 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
 
 def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig]:
     """The trained VAD of a run dir (last checkpoint), in eval mode, with its configs."""
+    model, vad_cfg, train_cfg, _ = load_run_with_hooks(run, device=device)
+    return model, vad_cfg, train_cfg
+
+
+def load_run_with_hooks(
+    run: Path, *, device: str = "cpu"
+) -> tuple[VAD, VADConfig, TrainConfig, dict[str, dict]]:
+    """`load_run` plus the weights of the run's extra modules (e.g. the adapter), by module name."""
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"run dir not found: {run}")
@@ -444,8 +450,6 @@ def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainCo
     except (ValueError, TypeError) as err:
         raise ModelError(f"{run}: unreadable config ({err})") from err
     model = VAD(vad_cfg)
-    weights = load_file(str(run / "checkpoints" / "last.safetensors"))
-    load_weights(
-        model, {k: v for k, v in weights.items() if not k.startswith(HOOK_PREFIX)}, run / "checkpoints"
-    )
-    return model.to(device).eval(), vad_cfg, train_cfg
+    own, hooks = split_weights(load_file(str(run / "checkpoints" / "last.safetensors")))
+    load_weights(model, own, run / "checkpoints")
+    return model.to(device).eval(), vad_cfg, train_cfg, hooks
