@@ -1,0 +1,50 @@
+"""Multi-scale deformable attention's sampling core in plain PyTorch (Deformable DETR), as mmcv's
+`multi_scale_deformable_attn_pytorch` computes it: every head bilinearly samples its value maps at its
+points (`grid_sample`, align_corners=False, zeros outside) and sums the samples with its weights.
+
+The BEV encoder's two attentions and the decoders' cross-attention all call this one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def multi_scale_deformable_attn(
+    value: Tensor,  # [B, sum(H_l * W_l), nh, C / nh]
+    spatial_shapes: Tensor | Sequence[tuple[int, int]],  # [L, 2] (H_l, W_l)
+    sampling_locations: Tensor,  # [B, Nq, nh, L, P, 2] (x, y) in [0, 1] of each level's map
+    attention_weights: Tensor,  # [B, Nq, nh, L, P]
+) -> Tensor:  # [B, Nq, C]
+    """The weighted sum of each head's bilinear samples of its value maps, heads concatenated."""
+    bs, _, num_heads, head_dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    values = value.split([h * w for h, w in shapes], dim=1)
+    # grid_sample wants [-1, 1]; with align_corners=False, -1 and 1 are the outer edges of the border pixels.
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, (h, w) in enumerate(shapes):
+        # [B, HW, nh, d] -> [B, nh * d, HW] -> [B * nh, d, H, W]
+        value_l = values[level].flatten(2).transpose(1, 2).reshape(bs * num_heads, head_dims, h, w)
+        # [B, Nq, nh, P, 2] -> [B * nh, Nq, P, 2]
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        # [B * nh, d, Nq, P]
+        samples.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
+    # [B, Nq, nh, L, P] -> [B * nh, 1, Nq, L * P]
+    weights = attention_weights.transpose(1, 2).reshape(
+        bs * num_heads, 1, num_queries, num_levels * num_points
+    )
+    # [B * nh, d, Nq, L * P] -> [B * nh, d, Nq] -> [B, C, Nq]
+    out = (
+        (torch.stack(samples, dim=-2).flatten(-2) * weights)
+        .sum(-1)
+        .view(bs, num_heads * head_dims, num_queries)
+    )
+    return out.transpose(1, 2).contiguous()
