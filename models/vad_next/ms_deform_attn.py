@@ -7,11 +7,12 @@ The BEV encoder's two attentions and the decoders' cross-attention all call this
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def multi_scale_deformable_attn(
@@ -48,3 +49,17 @@ def multi_scale_deformable_attn(
         .view(bs, num_heads * head_dims, num_queries)
     )
     return out.transpose(1, 2).contiguous()
+
+
+def init_sampling_offsets(linear: nn.Linear, num_heads: int, num_groups: int, num_points: int) -> None:
+    """Deformable DETR's start for an offset projection: zero weights, and biases that put each head's points
+    on a ray in the head's own direction (the ray's larger coordinate 1, point k at k+1 cells), repeated for
+    each of `num_groups` (levels, or levels x BEV frames)."""
+    nn.init.zeros_(linear.weight)
+    thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # [nh, 2]
+    grid = grid / grid.abs().max(-1, keepdim=True)[0]
+    grid = grid.view(num_heads, 1, 1, 2).repeat(1, num_groups, num_points, 1)  # [nh, groups, P, 2]
+    grid = grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+    with torch.no_grad():
+        linear.bias.copy_(grid.view(-1))
