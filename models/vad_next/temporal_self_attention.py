@@ -73,9 +73,9 @@ class TemporalSelfAttention(nn.Module):
         num_value = value.shape[1]
         nh, nq, nl, npt = self.num_heads, NUM_BEV_QUEUE, self.num_levels, self.num_points
 
-        # The official module concatenates value[:B] (not every sample's previous BEV): with B = 1 that is the
-        # previous BEV; with B > 1 the rows are (sample 0 previous, sample 0 current, ...). Kept for parity.
-        query = torch.cat([value[:bs], query], -1)  # [B, HW, 2C]
+        # Each sample's previous BEV beside its query. The official module takes value[:B], which is the
+        # same at its batch size of 1 but mixes samples for B > 1 ((sample 0 previous, sample 0 current)).
+        query = torch.cat([value[0::NUM_BEV_QUEUE], query], -1)  # [B, HW, 2C]
         value = self.value_proj(value).reshape(bs * nq, num_value, nh, -1)  # [B * 2, HW, nh, C / nh]
 
         offsets = self.sampling_offsets(query).view(bs, num_query, nh, nq, nl, npt, 2)
