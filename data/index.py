@@ -12,6 +12,10 @@ Frames and conventions (VAD's):
 - `command`: 0 = turn right, 1 = turn left, 2 = go straight (from the ego position at 3 s: x >= 2 right,
   x <= -2 left).
 - Map vectors: `(M, 20, 2)` points in the lidar frame, labels in `MAP_CLASSES` order.
+- `can_bus`: VAD's 18-value vector as its dataset gives it to the model, before the model's frame-to-frame
+  delta (see `netroller.data.can_bus`): ego translation (3) in the global frame, the ego rotation's real part
+  w four times (VAD's quirk, kept), the devkit's accel, rotation_rate and vel (9, zeros for a scene without
+  CAN-bus data), the ego yaw in radians and in degrees, both in [0, 360) degrees.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,7 @@ import pyarrow.parquet as pq
 from netroller.errors import DataError, MissingPathError
 from netroller.storage.atomic import atomic_path
 
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: the `can_bus` column and the CAN-bus fields of the metadata
 METADATA_KEY = b"netroller.index"
 
 # VAD's camera order.
@@ -53,6 +57,7 @@ HIS_STEPS = 2
 MAP_POINTS = 20
 COMMANDS = ("turn_right", "turn_left", "straight")
 SPLITS = ("train", "val", "test")
+CAN_BUS_SIZE = 18
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +77,7 @@ class SampleRecord:
     cam_to_lidar: np.ndarray  # (6, 4, 4) camera sensor frame -> lidar frame
     lidar_to_ego: np.ndarray  # (4, 4)
     ego_to_global: np.ndarray  # (4, 4)
+    can_bus: np.ndarray = field(default_factory=lambda: np.zeros(CAN_BUS_SIZE))  # (18,) float64, VAD's
     ego_velocity: np.ndarray  # (2,) m/s in the lidar frame
     ego_his_traj: np.ndarray  # (2, 2) past positions at -1.0 s, -0.5 s, lidar frame
     ego_his_mask: np.ndarray  # (2,)
@@ -156,6 +162,7 @@ _ARRAY_FIELDS: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {
     "cam_to_lidar": (np.dtype(np.float64), (6, 4, 4)),
     "lidar_to_ego": (np.dtype(np.float64), (4, 4)),
     "ego_to_global": (np.dtype(np.float64), (4, 4)),
+    "can_bus": (np.dtype(np.float64), (CAN_BUS_SIZE,)),
     "ego_velocity": (np.dtype(np.float32), (2,)),
     "ego_his_traj": (np.dtype(np.float32), (HIS_STEPS, 2)),
     "ego_his_mask": (np.dtype(np.float32), (HIS_STEPS,)),
@@ -201,6 +208,10 @@ class IndexMeta:
 
     dataroot: str
     version: str
+    can_bus_dir: str = ""
+    """The CAN-bus folder `prepare` read ("" when there was none)."""
+    scenes_without_can_bus: tuple[str, ...] = ()
+    """Names of the scenes whose samples got zeros for the devkit part of `can_bus`."""
     format_version: int = INDEX_FORMAT_VERSION
 
 
@@ -230,7 +241,13 @@ def write_index(records: Iterable[SampleRecord], path: str | Path, meta: IndexMe
                 columns[name].append(getattr(rec, name))
     arrays = [pa.array(columns[name], type=SCHEMA.field(name).type) for name in COLUMNS]
     meta_json = json.dumps(
-        {"dataroot": meta.dataroot, "version": meta.version, "format_version": meta.format_version}
+        {
+            "dataroot": meta.dataroot,
+            "version": meta.version,
+            "can_bus_dir": meta.can_bus_dir,
+            "scenes_without_can_bus": list(meta.scenes_without_can_bus),
+            "format_version": meta.format_version,
+        }
     )
     table = pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata({METADATA_KEY: meta_json.encode()}))
     path = Path(path)
@@ -306,7 +323,12 @@ def read_index(path: str | Path) -> Index:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: index lacks columns {', '.join(missing)}")
-    meta = IndexMeta(dataroot=meta_d["dataroot"], version=meta_d["version"])
+    meta = IndexMeta(
+        dataroot=meta_d["dataroot"],
+        version=meta_d["version"],
+        can_bus_dir=meta_d["can_bus_dir"],
+        scenes_without_can_bus=tuple(meta_d["scenes_without_can_bus"]),
+    )
     cols = {name: table.column(name).to_pylist() for name in COLUMNS}
     records = []
     for i in range(table.num_rows):

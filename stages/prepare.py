@@ -11,6 +11,10 @@ converter leaves a choice, this module documents what it does:
 - `ego_velocity`: the lidar origin's displacement from the previous keyframe divided by the time between
   them, in the current lidar frame (the next keyframe on a scene's first frame; zero for a one-sample scene).
 - GT boxes keep VAD's `valid_flag` (num_lidar_pts + num_radar_pts > 0) and the detection classes only.
+- `can_bus`: VAD's converter + dataset steps (`netroller.data.can_bus`), from the CAN-bus expansion's pose
+  messages through the devkit. A scene without CAN-bus data (no `can_bus/` folder at all, a scene the devkit
+  lists as having none, a missing file) gets zeros for the devkit part, as VAD's converter gives it; such
+  scenes are printed in a summary line and listed in the index metadata (`scenes_without_can_bus`).
 
 Usage:
     netroller prepare --dataroot work/nuscenes --version v1.0-mini --out work/index.parquet
@@ -18,6 +22,7 @@ Usage:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from netroller.data.can_bus import PoseMessages, find_can_bus_dir, vad_can_bus
 from netroller.data.geometry import apply, invert, pose_matrix, rotate
 from netroller.data.index import (
     CAMERAS,
@@ -52,14 +58,19 @@ class PrepareConfig:
     """`v1.0-mini`, `v1.0-trainval` or `v1.0-test`."""
     out: Path
     """The index file to write (Parquet)."""
+    can_bus_root: Path | None = None
+    """The folder holding the CAN-bus expansion's `can_bus/` (the devkit's `NuScenesCanBus` dataroot). None:
+    `can_bus/` in the dataroot, else beside it (VAD's `data/can_bus` next to `data/nuscenes`), else none."""
     overwrite: bool = True
     """Rebuild and atomically replace an existing index (prepare takes seconds on mini-sized data).
-    False: an existing index built from the same dataroot and version is kept as it is and returned;
-    one built from something else is refused with an error naming the differing field."""
+    False: an existing index built from the same dataroot, version and CAN-bus folder is kept as it is and
+    returned; one built from something else is refused with an error naming the differing field."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataroot", Path(self.dataroot))
         object.__setattr__(self, "out", Path(self.out))
+        if self.can_bus_root is not None:
+            object.__setattr__(self, "can_bus_root", Path(self.can_bus_root))
         check_version(self.version)
         if self.out.is_dir():
             raise ConfigError(
@@ -73,19 +84,45 @@ def prepare(cfg: PrepareConfig) -> Path:
         _check_existing(cfg)
         return cfg.out
     nusc = open_nuscenes(cfg.dataroot, cfg.version)
-    builder = _RecordBuilder(nusc, cfg.dataroot, cfg.version)
+    can_bus_dir = find_can_bus_dir(cfg.dataroot, cfg.can_bus_root)
+    builder = _RecordBuilder(nusc, cfg.dataroot, cfg.version, PoseMessages(can_bus_dir))
     samples = builder.keyframes()
     records = [
         builder.record(token, frame)
         for token, frame in tqdm(samples, desc="prepare", unit="sample", disable=None)
     ]
-    meta = IndexMeta(dataroot=str(cfg.dataroot.resolve()), version=cfg.version)
-    return write_index(records, cfg.out, meta)
+    without = builder.scenes_without_can_bus()
+    meta = IndexMeta(
+        dataroot=str(cfg.dataroot.resolve()),
+        version=cfg.version,
+        can_bus_dir=str(can_bus_dir.resolve()) if can_bus_dir is not None else "",
+        scenes_without_can_bus=without,
+    )
+    path = write_index(records, cfg.out, meta)
+    print(summary(len(records), len(nusc.scene), can_bus_dir, without), file=sys.stderr, flush=True)
+    return path
+
+
+def summary(samples: int, scenes: int, can_bus_dir: Path | None, without: tuple[str, ...]) -> str:
+    """The one line `prepare` prints: what it indexed and which scenes lack CAN-bus data."""
+    line = f"prepare: {samples} samples of {scenes} scenes"
+    if can_bus_dir is None:
+        return f"{line}; no can_bus/ folder found: all {scenes} scenes without CAN-bus data (zeros)"
+    line += f"; CAN bus from {can_bus_dir}: {len(without)} of {scenes} scenes without data (zeros)"
+    if without:
+        shown = ", ".join(without[:5]) + (", ..." if len(without) > 5 else "")
+        line += f": {shown}"
+    return line
 
 
 def _check_existing(cfg: PrepareConfig) -> None:
     existing = read_index(cfg.out).meta
-    wanted = {"dataroot": str(cfg.dataroot.resolve()), "version": cfg.version}
+    can_bus_dir = find_can_bus_dir(cfg.dataroot, cfg.can_bus_root)
+    wanted = {
+        "dataroot": str(cfg.dataroot.resolve()),
+        "version": cfg.version,
+        "can_bus_dir": str(can_bus_dir.resolve()) if can_bus_dir is not None else "",
+    }
     for field, value in wanted.items():
         if getattr(existing, field) != value:
             raise ConfigError(
@@ -97,13 +134,19 @@ def _check_existing(cfg: PrepareConfig) -> None:
 class _RecordBuilder:
     """Computes `SampleRecord`s from one loaded `NuScenes`."""
 
-    def __init__(self, nusc, dataroot: Path, version: str) -> None:
+    def __init__(self, nusc, dataroot: Path, version: str, can_bus: PoseMessages) -> None:
         self.nusc = nusc
         self.dataroot = Path(dataroot)
         self.version = version
+        self.can_bus = can_bus
         self.maps = MapCache(self.dataroot)
         self._splits = scene_splits(version)
         self._lidar_pose: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._no_can_bus: dict[str, None] = {}  # scene names in table order
+
+    def scenes_without_can_bus(self) -> tuple[str, ...]:
+        """Names of the scenes recorded so far whose CAN-bus data was missing."""
+        return tuple(self._no_can_bus)
 
     # -- walking the dataset -------------------------------------------------------------------------------
     def keyframes(self) -> list[tuple[str, int]]:
@@ -163,6 +206,7 @@ class _RecordBuilder:
         global_to_lidar = invert(lidar_to_global)
 
         cam_paths, sizes, intrinsics, cam_to_lidar = self._cameras(sample, global_to_lidar)
+        can_bus = self._can_bus(sample, scene["name"])
         fut, fut_mask, his, his_mask, velocity = self._ego_motion(sample, global_to_lidar)
         boxes, labels, num_pts, inst_tokens, agent_fut, agent_mask = self._boxes(sample, global_to_lidar)
         map_vectors, map_labels = self.maps.vectors(map_name, lidar_to_global)
@@ -181,6 +225,7 @@ class _RecordBuilder:
             cam_to_lidar=cam_to_lidar,
             lidar_to_ego=lidar_to_ego,
             ego_to_global=ego_to_global,
+            can_bus=can_bus,
             ego_velocity=velocity,
             ego_his_traj=his,
             ego_his_mask=his_mask,
@@ -196,6 +241,14 @@ class _RecordBuilder:
             map_vectors=map_vectors,
             map_labels=map_labels,
         )
+
+    def _can_bus(self, sample: dict, scene_name: str) -> np.ndarray:
+        """VAD's vector from the scene's pose messages at the sample's time and the LIDAR_TOP ego pose."""
+        messages = self.can_bus.get(scene_name)
+        if messages is None:
+            self._no_can_bus[scene_name] = None
+        pose = self.nusc.get("ego_pose", self._sample_data(sample, LIDAR)["ego_pose_token"])
+        return vad_can_bus(messages, int(sample["timestamp"]), pose["translation"], pose["rotation"])
 
     def _cameras(self, sample: dict, global_to_lidar: np.ndarray):
         paths, sizes = [], np.zeros((len(CAMERAS), 2), np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -250,6 +251,127 @@ def test_map_elements_are_resampled_evenly_along_their_length():
     pts = resample(LineString([(0, 0), (10, 0), (10, 9)]), MAP_POINTS)
     expected = [(min(d, 10.0), max(d - 10.0, 0.0)) for d in range(20)]
     np.testing.assert_allclose(pts, expected, atol=1e-9)
+
+
+# -- CAN bus ------------------------------------------------------------------------------------------------
+
+
+def test_can_bus_vector_equals_a_hand_computation(index_path, synth_root, nusc):
+    index = read_index(index_path)
+    rec = max(index, key=lambda r: abs(r.can_bus[12]))  # a sample in a turn, if there is one
+    msgs = json.loads((synth_root / "can_bus" / f"{rec.scene_name}_pose.json").read_text())
+    # VAD's converter keeps accel, rotation_rate and vel of the first message after the sample.
+    after = next(m for m in msgs if m["utime"] > rec.timestamp)
+    sample = nusc.get("sample", rec.sample_token)
+    pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+    w, x, y, z = pose["rotation"]
+    yaw = math.degrees(math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))) % 360
+    expected = [*pose["translation"], w, w, w, w, *after["accel"], *after["rotation_rate"], *after["vel"]]
+    expected += [math.radians(yaw), yaw]
+    assert rec.can_bus.dtype == np.float64
+    np.testing.assert_allclose(rec.can_bus, expected, rtol=0, atol=1e-9)
+    assert index.meta.scenes_without_can_bus == ()
+    assert Path(index.meta.can_bus_dir) == (synth_root / "can_bus").resolve()
+
+
+def test_converter_takes_motion_from_the_first_message_after_the_sample():
+    from netroller.data.can_bus import converter_can_bus
+
+    msgs = [
+        {"utime": t, "pos": [k, 0, 0], "orientation": [k, 0, 0, 0], "accel": [k, 1, 2],
+         "rotation_rate": [k, 3, 4], "vel": [k, 5, 6]}
+        for k, t in enumerate((100, 200, 300))
+    ]  # fmt: skip
+
+    def picked(t):
+        v = converter_can_bus(msgs, t)
+        return v[0], v[7], v[16:].tolist()
+
+    assert picked(250) == (1, 2, [0, 0])  # pos from the one before, motion from the one after
+    assert picked(200) == (1, 2, [0, 0])  # a message at the sample's time counts as before
+    assert picked(50) == (0, 0, [0, 0])  # none before: the first for both
+    assert picked(900) == (2, 2, [0, 0])  # none after: the last for both
+    np.testing.assert_array_equal(converter_can_bus(None, 250), np.zeros(18))
+
+
+def test_scene_without_can_bus_file_gets_zeros_and_is_reported(synth_root, tmp_path, capsys):
+    root = _copy_dataset(synth_root, tmp_path / "copy")
+    victim = sorted((root / "can_bus").glob("*_pose.json"))[1]
+    scene_name = victim.name.removesuffix("_pose.json")
+    victim.unlink()
+    index = read_index(prepare(PrepareConfig(dataroot=root, out=tmp_path / "index.parquet")))
+    assert index.meta.scenes_without_can_bus == (scene_name,)
+    for rec in index:
+        if rec.scene_name == scene_name:
+            np.testing.assert_array_equal(rec.can_bus[7:16], 0.0)
+            assert rec.can_bus[0] != 0.0 and rec.can_bus[-1] > 0.0  # the ego pose and angle are still there
+        else:
+            assert rec.can_bus[13] > 0.0  # forward speed
+    err = capsys.readouterr().err
+    assert f"1 of 4 scenes without data (zeros): {scene_name}" in err
+
+
+def test_dataroot_without_can_bus_folder_gives_zeros_for_every_scene(synth_root, tmp_path, capsys):
+    root = _copy_dataset(synth_root, tmp_path / "copy")
+    shutil.rmtree(root / "can_bus")
+    index = read_index(prepare(PrepareConfig(dataroot=root, out=tmp_path / "index.parquet")))
+    assert len(index.meta.scenes_without_can_bus) == 4 and index.meta.can_bus_dir == ""
+    assert all(not r.can_bus[7:16].any() for r in index)
+    assert "no can_bus/ folder found: all 4 scenes without CAN-bus data" in capsys.readouterr().err
+
+
+def test_can_bus_folder_beside_the_dataroot_is_found(synth_root, tmp_path):
+    """VAD's layout: data/can_bus next to data/nuscenes."""
+    root = _copy_dataset(synth_root, tmp_path / "data" / "nuscenes")
+    (root / "can_bus").rename(tmp_path / "data" / "can_bus")
+    index = read_index(prepare(PrepareConfig(dataroot=root, out=tmp_path / "index.parquet")))
+    assert Path(index.meta.can_bus_dir) == (tmp_path / "data" / "can_bus").resolve()
+    assert index.meta.scenes_without_can_bus == ()
+
+
+def test_missing_can_bus_root_is_named(synth_root, tmp_path):
+    with pytest.raises(MissingPathError, match="CAN-bus folder not found: .*elsewhere/can_bus"):
+        prepare(
+            PrepareConfig(
+                dataroot=synth_root, out=tmp_path / "i.parquet", can_bus_root=tmp_path / "elsewhere"
+            )
+        )
+
+
+def test_broken_pose_file_is_named(synth_root, tmp_path):
+    root = _copy_dataset(synth_root, tmp_path / "copy")
+    victim = sorted((root / "can_bus").glob("*_pose.json"))[0]
+    victim.unlink()
+    victim.write_text("[{")
+    with pytest.raises(DataError, match=f"{victim.name}: not valid JSON"):
+        prepare(PrepareConfig(dataroot=root, out=tmp_path / "index.parquet"))
+
+
+def test_scenes_the_devkit_lists_without_can_bus_get_none(tmp_path):
+    from netroller.data.can_bus import PoseMessages
+
+    (tmp_path / "can_bus").mkdir()
+    for name in ("scene-0161", "scene-0001"):  # 161 is on the devkit's can_blacklist
+        (tmp_path / "can_bus" / f"{name}_pose.json").write_text(
+            json.dumps([{"utime": 0, "pos": [0] * 3, "orientation": [1, 0, 0, 0], "accel": [0] * 3,
+                         "rotation_rate": [0] * 3, "vel": [1, 0, 0]}])
+        )  # fmt: skip
+    messages = PoseMessages(tmp_path / "can_bus")
+    assert messages.get("scene-0161") is None
+    assert messages.get("scene-0001")[0]["vel"] == [1, 0, 0]
+    assert messages.get("not-a-scene") is None and messages.get("scene-0002") is None
+
+
+def test_index_of_an_older_format_is_refused(tmp_path):
+    from netroller.data.index import IndexMeta, bare_record, write_index
+
+    out = tmp_path / "old.parquet"
+    rec = bare_record(sample_token="a", scene_token="s", frame_index=0)
+    write_index([rec], out, IndexMeta(dataroot=str(tmp_path), version="v1.0-mini", format_version=1))
+    with pytest.raises(
+        DataError, match="index format version 1 is not supported .*re-run `netroller prepare`"
+    ):
+        read_index(out)
 
 
 # -- re-runs ------------------------------------------------------------------------------------------------

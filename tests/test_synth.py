@@ -140,6 +140,7 @@ def test_same_config_gives_byte_identical_output(tmp_path):
     ha, hb = _tree_hashes(a), _tree_hashes(b)
     assert ha == hb
     assert len(ha) > 13
+    assert sum(name.startswith("can_bus/") for name in ha) == 2
 
 
 def test_other_seed_gives_other_tokens(tmp_path):
@@ -383,6 +384,74 @@ def test_turn_scene_reaches_2m_lateral_within_3s(scripted, manoeuvre):
 
 def test_ego_height_is_constant(nusc):
     assert {p["translation"][2] for p in nusc.ego_pose} == {0.0}
+
+
+# ------------------------------------------------------------------------------------------- CAN bus
+
+POSE_KEYS = ["accel", "orientation", "pos", "rotation_rate", "utime", "vel"]  # the real files' key order
+
+
+def _pose_messages(synth_root, scene_name: str) -> list[dict]:
+    from nuscenes.can_bus.can_bus_api import NuScenesCanBus
+
+    return NuScenesCanBus(dataroot=str(synth_root)).get_messages(scene_name, "pose")
+
+
+def test_can_bus_pose_messages_load_through_the_devkit_and_span_the_scene(nusc, synth_root):
+    from netroller.data.synth.can_bus import POSE_HZ
+
+    for scene in nusc.scene:
+        msgs = _pose_messages(synth_root, scene["name"])
+        assert all(list(m) == POSE_KEYS for m in msgs)
+        utimes = np.array([m["utime"] for m in msgs])
+        np.testing.assert_array_equal(np.diff(utimes), 1_000_000 // POSE_HZ)
+        keyframes = [s["timestamp"] for s in _scene_samples(nusc, scene)]
+        assert -300_000 <= utimes[0] - keyframes[0] <= 100_000
+        assert utimes[-1] > keyframes[-1]
+
+
+def test_can_bus_poses_follow_the_ego_poses(nusc, synth_root):
+    """At every keyframe the pose messages around it interpolate to the ego_pose record."""
+    for scene in nusc.scene:
+        msgs = _pose_messages(synth_root, scene["name"])
+        utimes = np.array([m["utime"] for m in msgs])
+        for sample in _scene_samples(nusc, scene):
+            pose = nusc.get(
+                "ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"]
+            )
+            k = int(np.searchsorted(utimes, sample["timestamp"], side="right"))
+            a, b = msgs[k - 1], msgs[k]
+            w = (sample["timestamp"] - a["utime"]) / (b["utime"] - a["utime"])
+            pos = (1 - w) * np.array(a["pos"]) + w * np.array(b["pos"])
+            assert pos == pytest.approx(pose["translation"], abs=2e-2)
+            q = Quaternion(a["orientation"]).rotation_matrix @ [1.0, 0.0, 0.0]
+            expected = Quaternion(pose["rotation"]).rotation_matrix @ [1.0, 0.0, 0.0]
+            assert q == pytest.approx(expected, abs=0.05)
+
+
+def test_can_bus_motion_is_in_the_ego_frame_and_consistent_with_the_positions(scripted):
+    """vel is (speed, 0, 0); yaw rate and position steps agree with the orientation and vel; accel is the
+    centripetal acceleration plus gravity."""
+    nusc, scripts = scripted
+    root = Path(nusc.dataroot)
+    for scene, script in zip(nusc.scene, scripts, strict=True):
+        msgs = _pose_messages(root, scene["name"])
+        dt = (msgs[1]["utime"] - msgs[0]["utime"]) * 1e-6
+        yaw = np.unwrap([Quaternion(m["orientation"]).yaw_pitch_roll[0] for m in msgs])
+        pos = np.array([m["pos"] for m in msgs])
+        rate = np.array([m["rotation_rate"][2] for m in msgs])
+        for m in msgs:
+            assert m["vel"] == [script.speed, 0.0, 0.0]
+            assert m["accel"] == pytest.approx([0.0, script.speed * m["rotation_rate"][2], 9.81])
+        step = np.linalg.norm(np.diff(pos[:, :2], axis=0), axis=1)
+        assert step == pytest.approx(script.speed * dt, rel=1e-3)
+        # The heading changes by the yaw rate (mid-step average; a step into or out of an arc is half-way).
+        assert np.diff(yaw) == pytest.approx(0.5 * (rate[1:] + rate[:-1]) * dt, abs=0.02)
+        sign = {"straight": 0.0, "left": 1.0, "right": -1.0}[script.manoeuvre]
+        if sign == 0.0:
+            np.testing.assert_array_equal(rate, 0.0)
+        else:
+            assert (sign * rate >= 0).all() and (sign * rate).max() > 0  # a left turn turns counter-clockwise
 
 
 # --------------------------------------------------------------------------------------------- QA

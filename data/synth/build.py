@@ -7,6 +7,7 @@ Layout written (as the devkit expects it):
     OUT/samples/LIDAR_TOP/...pcd.bin   keyframe sweeps
     OUT/maps/<token>.png               the map table's semantic-prior masks
     OUT/maps/expansion/<location>.json map expansion v1.3
+    OUT/can_bus/<scene>_pose.json      CAN-bus expansion, pose messages only (see `can_bus`)
     OUT/drivelm_qa.json                DriveLM-format QA for every keyframe
 
 Everything is built in a temporary folder beside OUT and renamed onto it at the end. Keyframes are rendered
@@ -30,6 +31,7 @@ from pyquaternion import Quaternion
 from tqdm import tqdm
 
 from netroller.data.synth import drivelm
+from netroller.data.synth.can_bus import pose_messages
 from netroller.data.synth.catalog import visibility_token
 from netroller.data.synth.config import SynthConfig
 from netroller.data.synth.geometry import box_corners, pose_matrix, yaw_quaternion
@@ -90,6 +92,7 @@ def generate(cfg: SynthConfig) -> Path:
         for ch in CAMERAS + (LIDAR,):
             (tmp / "samples" / ch).mkdir(parents=True)
         (tmp / "maps" / "expansion").mkdir(parents=True)
+        (tmp / "can_bus").mkdir()
         (tmp / VERSION).mkdir()
         _STATE.update(root=tmp, scenes=scenes, worlds=worlds, labels=labels, cams=cams, renderers={})
         jobs = [(si, f) for si in range(len(scenes)) for f in range(cfg.samples_per_scene)]
@@ -100,6 +103,12 @@ def generate(cfg: SynthConfig) -> Path:
             semantic_prior_png(labels[loc]).save(tmp / record["filename"], format="PNG", optimize=False)
             exp = map_expansion(world, TokenFactory(cfg.seed, "map/" + loc))
             (tmp / "maps" / "expansion" / f"{loc}.json").write_text(json.dumps(exp, separators=(",", ":")))
+        for st in scenes:
+            rng = stream(cfg.seed, "can_bus/" + st.plan.name)
+            msgs = pose_messages(st.scenario, st.plan.start_us, cfg.samples_per_scene, rng)
+            (tmp / "can_bus" / f"{st.plan.name}_pose.json").write_text(
+                json.dumps(msgs, separators=(",", ":"))
+            )
         for name in TABLE_NAMES:
             (tmp / VERSION / f"{name}.json").write_text(json.dumps(tables.tables[name], indent=0) + "\n")
         (tmp / "drivelm_qa.json").write_text(json.dumps(qa, indent=1) + "\n")

@@ -85,6 +85,9 @@ class Line:
             [self.start[0] + s * c, self.start[1] + s * sn, np.full_like(s, self.heading)], axis=-1
         )
 
+    def curvature(self, s: np.ndarray) -> np.ndarray:
+        return np.zeros_like(s)
+
 
 @dataclass(frozen=True)
 class Arc:
@@ -119,6 +122,10 @@ class Arc:
             [cx + self.radius * np.cos(a), cy + self.radius * np.sin(a), self.heading + th], axis=-1
         )
 
+    def curvature(self, s: np.ndarray) -> np.ndarray:
+        """Signed curvature (1/m, positive turning left): the heading's derivative along the arc."""
+        return np.full_like(s, self.turn / self.radius)
+
 
 Piece = Line | Arc
 
@@ -138,12 +145,20 @@ class Path:
 
     def poses(self, s) -> np.ndarray:
         """(..., 3) x, y, yaw at arc lengths `s`."""
+        return self._per_piece(s, lambda piece, u: piece.poses(u), (3,))
+
+    def curvature(self, s) -> np.ndarray:
+        """(...) signed curvature (1/m, positive turning left) at arc lengths `s`, per piece as `poses`."""
+        return self._per_piece(s, lambda piece, u: piece.curvature(u), ())
+
+    def _per_piece(self, s, evaluate, trailing: tuple[int, ...]) -> np.ndarray:
+        """`evaluate(piece, arc length within it)` at every `s`, each on the piece that `s` falls on."""
         s = np.asarray(s, dtype=float)
         flat = s.reshape(-1)
-        out = np.empty((flat.size, 3))
+        out = np.empty((flat.size, *trailing))
         idx = np.clip(np.searchsorted(self.offsets, flat, side="right") - 1, 0, len(self.pieces) - 1)
         for i, piece in enumerate(self.pieces):
             m = idx == i
             if m.any():
-                out[m] = piece.poses(flat[m] - self.offsets[i])
-        return out.reshape(s.shape + (3,))
+                out[m] = evaluate(piece, flat[m] - self.offsets[i])
+        return out.reshape(s.shape + trailing)
