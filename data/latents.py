@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from netroller.data.index import Index, SampleRecord
 from netroller.errors import ConfigError
-from netroller.models.vad.batch import Batch, LatentInputs
+from netroller.models.vad_next.batch import Batch, LatentInputs
 
 
 class LatentSource(Protocol):
@@ -138,6 +138,10 @@ class LatentDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.base[i], self.sources[i]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
 
 class LatentCollate:

@@ -280,6 +280,10 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     checkpoints are interchangeable; eval mode (running statistics) is the plain layer.
     """
 
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
+
     def forward(self, x: Tensor) -> Tensor:
         if not dist.is_initialized() or not (self.training or self.running_mean is None):
             return super().forward(x)

@@ -8,36 +8,21 @@ batches one worker would. A last batch with fewer samples than workers leaves so
 they repeat a sample of that batch with weight 0 (it adds nothing to the loss or the gradients; only its
 BatchNorm statistics count).
 
-Loss: VAD's terms are sums over the batch divided by counts over the batch (boxes, agent futures, map
-elements, plan steps) or means over its samples. A worker's term divided by its own count is not its part
-of the global term, so each term is rescaled by (local count / global count): the workers' shares then add
-up to the loss one worker computes on the whole batch, and summed gradients to its gradient.
+Loss: every VAD loss term is a sum divided by a count (matched boxes, map elements, plan elements; see
+`netroller.models.vad.losses.LossTerm`). The workers add up their counts, and each divides its own sums by
+the global count once: the shares then add up to the loss one worker computes on the whole batch, and the
+summed gradients to its gradient. Nothing here knows which term counts what.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from netroller.errors import ModelError
-from netroller.models.vad.batch import VADTargets
-from netroller.models.vad.config import VADConfig
-from netroller.models.vad.losses import LOSS_WEIGHTS
-
-# The count each loss term is normalised by (as in netroller.models.vad.losses).
-TERM_COUNTS = {
-    "det_cls": "boxes",
-    "det_box": "boxes",
-    "motion_reg": "futures",
-    "motion_cls": "futures",
-    "map_cls": "map_elements",
-    "map_pts": "map_elements",
-    "plan_reg": "plan_steps",
-    "plan_col": "samples",
-    "plan_bound": "samples",
-    "plan_dir": "samples",
-}
+from netroller.models.vad_next.losses import LossTerm
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -67,57 +52,18 @@ def rank_share(batch: list[int], rank: int, workers: int) -> tuple[list[int], fl
     return [batch[rank % len(batch)]], 0.0
 
 
-def loss_counts(targets: VADTargets, cfg: VADConfig) -> dict[str, float]:
-    """The raw counts behind each loss term's normaliser, for one (local) batch.
+def global_loss(
+    terms: dict[str, LossTerm],
+    sum_floats: Callable[[dict[str, float]], dict[str, float]] | None,
+    weight: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """(this worker's share of the global batch's total loss, to backpropagate; each term's share as a
+    float, which summed over the workers gives the global term).
 
-    Agent futures count the GT boxes with a valid future step that the detection matching pairs with a
-    query: every box when there are at least as many queries as boxes (VAD: 300), which is what this
-    assumes; with more boxes than queries the count is capped at the number of queries per sample.
-    """
-    futures = 0
-    for mask in targets.agent_fut_mask:
-        futures += min(int((mask.sum(-1) > 0).sum()), cfg.num_agent_queries)
-    return {
-        "boxes": float(sum(len(lab) for lab in targets.labels)),
-        "futures": float(futures),
-        "map_elements": float(sum(len(lab) for lab in targets.map_labels)),
-        "plan_steps": float(targets.ego_fut_mask.sum()),
-        "samples": float(targets.ego_fut_mask.shape[0]),
-    }
-
-
-def _normaliser(kind: str, count: float) -> float:
-    """The divisor VAD's loss uses for a term of this kind, from its raw count."""
-    if kind == "samples":
-        return count
-    if kind == "plan_steps":
-        return max(1.0, 2.0 * count)  # L1 over (x, y) of each valid step
-    return max(1.0, count)
-
-
-def share_of_global(
-    losses: dict[str, Tensor],
-    local: dict[str, float],
-    total: dict[str, float],
-    cfg: VADConfig,
-    *,
-    weight: float = 1.0,
-) -> dict[str, Tensor]:
-    """This worker's share of each global loss term, and of the weighted "total".
-
-    `local` are this worker's `loss_counts`, `total` their sum over the workers (padding workers add
-    zeros); the shares of all workers add up to the terms of the whole global batch.
-    """
-    out: dict[str, Tensor] = {}
-    for name, value in losses.items():
-        if name == "total":
-            continue
-        kind = TERM_COUNTS.get(name)
-        if kind is None:
-            raise ModelError(
-                f"loss term {name!r} has no data-parallel normaliser: add it to "
-                "netroller.stages.batching.TERM_COUNTS"
-            )
-        out[name] = value * (weight * _normaliser(kind, local[kind]) / _normaliser(kind, total[kind]))
-    out["total"] = sum(getattr(cfg, LOSS_WEIGHTS[k]) * v for k, v in out.items())
-    return out
+    `sum_floats` adds a dict of floats over the workers (None: one worker). `weight` 0 makes a padding
+    sample add nothing, to the sums or to the counts."""
+    local = {name: float(term.count) * weight for name, term in terms.items()}
+    counts = sum_floats(local) if sum_floats is not None else local
+    shares = {name: term.total * weight / max(counts[name], 1.0) for name, term in terms.items()}
+    total = sum(shares.values())
+    return total, {"total": float(total.detach()), **{k: float(v.detach()) for k, v in shares.items()}}

@@ -40,18 +40,13 @@ from tqdm import tqdm
 from netroller.data.dataset import SampleDataset, collate
 from netroller.data.index import Index, read_index
 from netroller.errors import ConfigError, ModelError
-from netroller.models.vad.batch import Batch
-from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
-from netroller.models.vad.losses import vad_loss
-from netroller.models.vad.model import VAD, BevShift
+from netroller.models.vad_next.batch import Batch
+from netroller.models.vad_next.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
+from netroller.models.vad_next.detector import VAD
+from netroller.models.vad_next.losses import vad_losses
+from netroller.models.vad_next.perception_transformer import BevShift
 from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group, launch
-from netroller.stages.batching import (
-    epoch_generator,
-    global_batches,
-    loss_counts,
-    rank_share,
-    share_of_global,
-)
+from netroller.stages.batching import epoch_generator, global_batches, global_loss, rank_share
 from netroller.stages.run_dir import (
     HOOK_PREFIX,
     MetricsLog,
@@ -252,21 +247,17 @@ def train_step(
     the losses returned are the global batch's, the same on every worker.
     """
     shift = hooks.shift(batch, hooks.modules) if hooks.shift is not None else None
-    out = model(batch.inputs, shift)
-    losses = vad_loss(out, batch.targets, batch.inputs.command, model.cfg)
-    if group is not None:
-        local = loss_counts(batch.targets, model.cfg)
-        total = group.sum_floats({k: v * weight for k, v in local.items()})
-        losses = share_of_global(losses, local, total, model.cfg, weight=weight)
+    out = model.forward_train(batch.inputs.frame, batch.inputs.history, shift)
+    terms = vad_losses(out, batch.targets, model.cfg)
+    loss, result = global_loss(terms, group.sum_floats if group is not None else None, weight)
     optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
+    loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if group is not None:
         group.sum_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     scheduler.step()
-    result = {k: float(v.detach()) for k, v in losses.items()}
     if group is not None:
         result = group.sum_floats(result)
     result["grad_norm"] = float(grad_norm)
@@ -290,10 +281,11 @@ def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig, index: Index | None = No
     dataset = SampleDataset(
         index,
         cfg.split,
-        image_size=vad_cfg.image_size,
+        vad=vad_cfg,
+        train=True,
         dataroot=cfg.dataroot,
-        pc_range=vad_cfg.pc_range,
         max_samples=cfg.max_samples,
+        seed=cfg.seed,
     )
     if note := dataset.unreadable_note():
         print(f"train: {note}", file=sys.stderr, flush=True)
@@ -379,6 +371,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
             for m in hooks.modules.values():
                 m.train()
             sums: dict[str, float] = {}
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)  # the epoch's photometric draws and history queues
             if group is None:
                 loader, weights, sizes = make_loader(dataset, cfg, epoch, hooks.collate), None, None
             else:

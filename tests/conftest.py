@@ -162,6 +162,8 @@ def vad_index(tmp_path_factory) -> Path:
                     ]
                 ).astype(np.float32),
                 map_labels=np.array([0, 2, 1]),
+                # VAD reads the ego's speed only from the CAN bus (entries 13..15: velocity in the ego frame).
+                can_bus=np.concatenate([np.zeros(13), [speed, 0.0, 0.0], np.zeros(2)]),
             )
         )
     return write_index(records, root / "index.parquet", IndexMeta(dataroot=str(root), version="hand-made"))

@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from netroller.cli.main import main
 from netroller.data.dataset import collate
 from netroller.errors import ConfigError
-from netroller.models.vad.config import recipe
-from netroller.models.vad.losses import vad_loss
-from netroller.models.vad.model import VAD
-from netroller.stages.batching import global_batches, loss_counts, rank_share, share_of_global
+from netroller.models.vad_next.config import recipe
+from netroller.models.vad_next.detector import VAD
+from netroller.models.vad_next.losses import vad_losses
+from netroller.stages.batching import global_batches, global_loss, rank_share
 from netroller.stages.run_dir import read_metrics
 from netroller.stages.train import TrainConfig, build_dataset, make_loader, train
 
@@ -71,18 +71,18 @@ def test_worker_shares_add_up_to_the_whole_batch_loss(index_path, tmp_path):
     model = VAD(vad_cfg).eval()  # running BatchNorm statistics: the halves see the same network
     whole = collate([ds[i] for i in range(4)])
     halves = [collate([ds[i] for i in idx]) for idx in ([0, 1], [2, 3])]
+
+    def terms(b):
+        out = model.forward_train(b.inputs.frame, b.inputs.history)
+        return vad_losses(out, b.targets, vad_cfg)
+
     with torch.no_grad():
-        expected = vad_loss(model(whole.inputs), whole.targets, whole.inputs.command, vad_cfg)
-        counts = [loss_counts(h.targets, vad_cfg) for h in halves]
-        total = {k: sum(c[k] for c in counts) for k in counts[0]}
-        shares = [
-            share_of_global(
-                vad_loss(model(h.inputs), h.targets, h.inputs.command, vad_cfg), c, total, vad_cfg
-            )
-            for h, c in zip(halves, counts, strict=True)
-        ]
-    for name, value in expected.items():
-        assert float(shares[0][name] + shares[1][name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6)
+        expected = terms(whole)
+        parts = [terms(h) for h in halves]
+    counts = {k: sum(float(p[k].count) for p in parts) for k in parts[0]}
+    shares = [global_loss(p, lambda local: counts, 1.0)[1] for p in parts]
+    for name, term in expected.items():
+        assert shares[0][name] + shares[1][name] == pytest.approx(float(term.value), rel=1e-5, abs=1e-6)
 
 
 def test_batch_not_divisible_by_workers_is_refused(index_path, tmp_path):

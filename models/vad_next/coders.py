@@ -91,6 +91,7 @@ class DetectionResult:
     scores: np.ndarray  # [k] sigmoid score of the box's class
     labels: np.ndarray  # [k] class index
     trajs: np.ndarray  # [k, fut_mode, fut_ts * 2] the query's future offsets, as predicted (not decoded)
+    queries: np.ndarray  # [k] the agent query each box comes from
 
 
 @dataclass
@@ -132,6 +133,7 @@ def decode_detections(
                     scores=scores.cpu()[keep].numpy(),
                     labels=labels.cpu()[keep].numpy(),
                     trajs=trajs[query].float().cpu()[keep].numpy(),
+                    queries=query.cpu()[keep].numpy(),
                 )
             )
     return results

@@ -32,6 +32,8 @@ class VADConfig:
     """Factor the 1600x900 camera images are scaled by before padding to a multiple of 32."""
     resnet_depth: int = 50
     """ResNet depth (18, 34, 50 or 101) in mmdet's layout."""
+    resnet_base_channels: int = 64
+    """Width of the ResNet stem (64 in the released nets; each stage doubles it)."""
     resnet_out_indices: tuple[int, ...] = (3,)
     """Backbone stages fed to the FPN (0 = C2 ... 3 = C5)."""
     num_levels: int = 1
@@ -64,6 +66,9 @@ class VADConfig:
     """Sampling points per head and level of the spatial cross-attention (MSDeformableAttention3D)."""
     tsa_points: int = 4
     """Sampling points per head of the temporal self-attention."""
+    rotate_center: tuple[float, float] = (100.0, 100.0)
+    """BEV pixel (x, y) the previous BEV is turned about by the ego's yaw change (the official value for
+    both presets: the middle of VAD-Base's 200x200 BEV, a corner of VAD-Tiny's 100x100)."""
     queue_length: int = 3
     """Frames per training sample: the current one and `queue_length - 1` earlier ones for the previous BEV."""
     # Decoders.
@@ -117,7 +122,7 @@ class VADConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "resnet_depth", "num_levels", "embed_dims", "ffn_dims", "num_heads", "num_cams", "bev_h",
+            "resnet_depth", "resnet_base_channels", "num_levels", "embed_dims", "ffn_dims", "num_heads", "num_cams", "bev_h",
             "bev_w", "encoder_layers", "pillar_points", "sca_points", "tsa_points", "queue_length",
             "det_layers", "map_layers", "decoder_points", "num_query", "num_classes", "map_num_vec",
             "map_num_pts", "map_num_classes", "fut_ts", "fut_mode", "ego_fut_mode", "max_boxes", "max_map",
@@ -184,11 +189,15 @@ def vad_base() -> VADConfig:
 
 
 def debug() -> VADConfig:
-    """The same modules, CPU-small: ResNet-18, BEV 20x10, 1 layer each, few queries; seconds per step."""
+    """The same modules, CPU-small: a quarter-width ResNet-18, BEV 20x10, 1 layer each, few queries. No
+    GridMask: its one mask per batch is drawn per worker, and the debug recipe is what the tests compare
+    one-worker and multi-worker training with."""
     return dataclasses.replace(
         vad_tiny(),
+        use_grid_mask=False,
         image_scale=0.1,
         resnet_depth=18,
+        resnet_base_channels=16,
         embed_dims=64,
         ffn_dims=128,
         num_heads=4,
@@ -199,7 +208,8 @@ def debug() -> VADConfig:
         det_layers=1,
         map_layers=1,
         num_query=30,
-        map_num_vec=20,
+        map_num_vec=10,
+        rotate_center=(5.0, 10.0),
         queue_length=2,
     )
 
@@ -212,3 +222,16 @@ def recipe(name: str) -> VADConfig:
     if name not in RECIPES:
         raise ConfigError(f"unknown VAD recipe {name!r}; expected one of {', '.join(RECIPES)}")
     return RECIPES[name]()
+
+
+def config_to_dict(cfg: VADConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> VADConfig:
+    """Inverse of `config_to_dict` (JSON lists back to tuples); ConfigError for unknown fields."""
+    names = {f.name for f in dataclasses.fields(VADConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"VADConfig has no field(s) {', '.join(unknown)} (a run of an older netroller?)")
+    return VADConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -258,4 +258,5 @@ def build_perception_transformer(cfg: VADConfig) -> PerceptionTransformer:
         build_map_decoder(cfg),
         cfg.embed_dims,
         cfg.num_cams,
+        rotate_center=cfg.rotate_center,
     )

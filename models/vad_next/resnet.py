@@ -174,7 +174,7 @@ class ResNet(nn.Module):
         self._freeze_stages()
         if mode and self.cfg.norm_eval:
             for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):  # a converted SyncBatchNorm too
                     module.eval()
         return self
 
@@ -207,7 +207,11 @@ class ResNet(nn.Module):
 
 def resnet_config(cfg: VADConfig) -> ResNetConfig:
     """The backbone settings of a VAD config (frozen stem + stage 1, frozen eval-mode BN, as the official)."""
-    return ResNetConfig(depth=cfg.resnet_depth, out_indices=tuple(cfg.resnet_out_indices))
+    return ResNetConfig(
+        depth=cfg.resnet_depth,
+        out_indices=tuple(cfg.resnet_out_indices),
+        base_channels=cfg.resnet_base_channels,
+    )
 
 
 def build_backbone(cfg: VADConfig) -> ResNet:

@@ -112,7 +112,7 @@ def test_resnet50_has_torchvision_resnet50s_parameters_without_fc():
 def test_neck_inputs_follow_the_backbone_stages():
     assert build_neck(vad_tiny()).cfg.in_channels == (2048,)
     assert build_neck(vad_base()).cfg.in_channels == (512, 1024, 2048)
-    assert build_neck(debug()).cfg.in_channels == (512,)
+    assert build_neck(debug()).cfg.in_channels == (128,)  # ResNet-18 C5 at a quarter of the width
     assert (
         len(build_neck(dataclasses.replace(debug(), resnet_out_indices=(1, 2, 3), num_levels=4)).fpn_convs)
         == 4
