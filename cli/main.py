@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "netroller.cli.gm_cmd",
     "netroller.cli.harvest_cmd",
     "netroller.cli.cache_cmd",
+    "netroller.cli.vad_cmd",
     "netroller.cli.train_cmd",
     "netroller.cli.eval_cmd",
     "netroller.cli.report_cmd",

@@ -3,6 +3,8 @@
     checkpoints/epoch_0001.safetensors (+ .pt)    weights; optimizer, scheduler, RNG state and epoch beside
     checkpoints/last.safetensors (+ last.pt)      the latest epoch; last.pt is written last (the commit)
     metrics.jsonl                                 one JSON object per logged step and per epoch
+    imported.json                                 instead of train_config.json, in a run made by
+                                                  `netroller vad import` from a released checkpoint
 
 Extra trainable modules (the NetRoller adapter) are stored beside the VAD's weights under 'hook.<name>.'.
 """
@@ -20,6 +22,7 @@ from netroller.errors import ModelError
 from netroller.storage.atomic import atomic_path, write_text_atomic
 
 HOOK_PREFIX = "hook."
+IMPORT_RECORD = "imported.json"
 
 
 def checkpoint_weights(model: nn.Module, extra: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -129,3 +132,12 @@ def read_metrics(run: Path, kind: str = "epoch") -> list[dict]:
     return [
         r for r in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()) if r["kind"] == kind
     ]
+
+
+def run_recipe(run: Path) -> str:
+    """The VAD recipe a run dir holds: from its train config, or from the record of an imported checkpoint."""
+    run = Path(run)
+    for name in ("train_config.json", IMPORT_RECORD):
+        if (run / name).is_file():
+            return json.loads((run / name).read_text())["recipe"]
+    raise ModelError(f"{run}: not a run dir (neither train_config.json nor {IMPORT_RECORD})")

@@ -49,6 +49,7 @@ from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group
 from netroller.stages.batching import epoch_generator, global_batches, global_loss, rank_share
 from netroller.stages.run_dir import (
     HOOK_PREFIX,
+    IMPORT_RECORD,
     MetricsLog,
     load_weights,
     save_checkpoint,
@@ -422,7 +423,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     return run
 
 
-def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig]:
+def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig | None]:
     """The trained VAD of a run dir (last checkpoint), in eval mode, with its configs."""
     model, vad_cfg, train_cfg, _ = load_run_with_hooks(run, device=device)
     return model, vad_cfg, train_cfg
@@ -430,16 +431,19 @@ def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainCo
 
 def load_run_with_hooks(
     run: Path, *, device: str = "cpu"
-) -> tuple[VAD, VADConfig, TrainConfig, dict[str, dict]]:
-    """`load_run` plus the weights of the run's extra modules (e.g. the adapter), by module name."""
+) -> tuple[VAD, VADConfig, TrainConfig | None, dict[str, dict]]:
+    """`load_run` plus the weights of the run's extra modules (e.g. the adapter), by module name. A run
+    imported from a released checkpoint (`netroller vad import`) has no train config: None."""
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"run dir not found: {run}")
-    for name in ("train_config.json", "model_config.json", "checkpoints/last.safetensors"):
+    imported = (run / IMPORT_RECORD).is_file()
+    needed = ("model_config.json", "checkpoints/last.safetensors") + (() if imported else ("train_config.json",))
+    for name in needed:
         if not (run / name).is_file():
             raise ModelError(f"{run}: not a finished training run (no {name})")
     try:
-        train_cfg = TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
+        train_cfg = None if imported else TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
         vad_cfg = config_from_dict(json.loads((run / "model_config.json").read_text()))
     except (ValueError, TypeError) as err:
         raise ModelError(f"{run}: unreadable config ({err})") from err

@@ -21,22 +21,42 @@ PRESET_PROBE = "pts_bbox_head.bev_embedding.weight"
 PRESET_BY_BEV_CELLS = {100 * 100: "vad-tiny", 200 * 200: "vad-base"}
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file: its `state_dict` entry, or the file itself when it is a plain
-    name -> tensor dict. Only tensors and plain containers are unpickled (`weights_only`)."""
+def read_checkpoint(path: Path, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the tensors, the `meta` dict or {}) of a checkpoint file: its `state_dict` entry, or the file itself
+    when it is a plain name -> tensor dict.
+
+    Only tensors and plain containers are unpickled unless `trust` (a file from a source you trust: full
+    unpickling runs code the file names)."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged?): {first}") from e
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if not trust and "weights_only" in str(e):
+            raise ModelError(
+                f"{path}: holds objects other than tensors and plain values; if you trust its source, "
+                "import it with --trust"
+            ) from e
+        raise ModelError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or damaged?): {_first(e)}"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise ModelError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or damaged?): {_first(e)}"
+        ) from e
+    meta = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: holds no 'state_dict' of tensors (is it a VAD checkpoint?)")
-    return {str(k): v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}, meta
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def guess_preset(weights: dict[str, torch.Tensor]) -> str | None:
@@ -70,6 +90,6 @@ def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Pat
 
 def load_official(model: nn.Module, path: Path, preset: str) -> None:
     """Load a released checkpoint into `model` strictly (after `check_weights`)."""
-    weights = read_state_dict(path)
+    weights, _ = read_checkpoint(path)
     check_weights(model, weights, Path(path), preset)
     model.load_state_dict(weights, strict=True)
