@@ -107,7 +107,8 @@ class MapResult:
 def _top_k(cls_logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """[Q, K] logits -> scores, query indices, labels of the k best (query, class) pairs."""
     num_classes = cls_logits.shape[-1]
-    scores, flat = cls_logits.sigmoid().reshape(-1).topk(k)
+    # A small configuration can have fewer (query, class) pairs than the coder keeps.
+    scores, flat = cls_logits.sigmoid().reshape(-1).topk(min(k, cls_logits.numel()))
     return scores, torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
 
 
