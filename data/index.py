@@ -9,6 +9,10 @@ Frames and conventions (VAD's):
   heading in the lidar frame counter-clockwise from +x, velocity in m/s in the lidar frame.
 - Trajectories are positions (not per-step offsets) at 0.5 s steps: the ego's relative to the ego's current
   lidar origin, each agent's relative to that agent's current centre, both in the sample's lidar frame.
+  `gt_fut_yaw` is likewise each agent's heading at each future step minus its current heading (VAD's
+  per-step yaw changes summed; headings from VAD's quaternion-to-yaw formula), held past the agent's end.
+- `gt_categories`: each box's position in the dataset's nuScenes category table (VAD's agent `type`,
+  which its collision metric keys on: human 2..8, vehicle 14..23 in the 32-category table).
 - `command`: 0 = turn right, 1 = turn left, 2 = go straight (from the ego position at 3 s: x >= 2 right,
   x <= -2 left).
 - Map vectors: `(M, 20, 2)` points in the lidar frame, labels in `MAP_CLASSES` order.
@@ -33,7 +37,8 @@ import pyarrow.parquet as pq
 from netroller.errors import DataError, MissingPathError
 from netroller.storage.atomic import atomic_path
 
-INDEX_FORMAT_VERSION = 2  # 2: the `can_bus` column and the CAN-bus fields of the metadata
+# 2: the `can_bus` column and the CAN-bus fields of the metadata; 3: `gt_fut_yaw` and `gt_categories`.
+INDEX_FORMAT_VERSION = 3
 METADATA_KEY = b"netroller.index"
 
 # VAD's camera order.
@@ -52,6 +57,9 @@ DETECTION_CLASSES = (
     "traffic_cone",
 )
 MAP_CLASSES = ("divider", "ped_crossing", "boundary")
+# The category-table index (nuScenes v1.0, 32 categories) of each detection class's most common category,
+# in DETECTION_CLASSES order: the `gt_categories` of a record built without them.
+USUAL_CATEGORY = (17, 23, 18, 16, 22, 9, 21, 14, 2, 12)
 FUT_STEPS = 6  # 3 s at 2 Hz
 HIS_STEPS = 2
 MAP_POINTS = 20
@@ -92,6 +100,17 @@ class SampleRecord:
     gt_fut_mask: np.ndarray  # (N, 6)
     map_vectors: np.ndarray  # (M, 20, 2)
     map_labels: np.ndarray  # (M,) int64 into MAP_CLASSES
+    # Defaults for records built by hand (tests, benches): headings kept, each label's usual category.
+    gt_fut_yaw: np.ndarray | None = None  # (N, 6) heading change from the current heading
+    gt_categories: np.ndarray | None = None  # (N,) int64 position in the nuScenes category table
+
+    def __post_init__(self) -> None:
+        n = int(np.asarray(self.gt_boxes).reshape(-1, 9).shape[0])
+        if self.gt_fut_yaw is None:
+            object.__setattr__(self, "gt_fut_yaw", np.zeros((n, FUT_STEPS), np.float32))
+        if self.gt_categories is None:
+            labels = np.asarray(self.gt_labels, dtype=np.int64).reshape(-1)
+            object.__setattr__(self, "gt_categories", np.asarray(USUAL_CATEGORY, np.int64)[labels])
 
     def lidar_to_image(self) -> np.ndarray:
         """(6, 4, 4) projection from the lidar frame to pixel coordinates (homogeneous), per camera."""
@@ -175,6 +194,8 @@ _ARRAY_FIELDS: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {
     "gt_fut_mask": (np.dtype(np.float32), (None, FUT_STEPS)),
     "map_vectors": (np.dtype(np.float32), (None, MAP_POINTS, 2)),
     "map_labels": (np.dtype(np.int64), (None,)),
+    "gt_fut_yaw": (np.dtype(np.float32), (None, FUT_STEPS)),
+    "gt_categories": (np.dtype(np.int64), (None,)),
 }
 _STR_LIST_FIELDS = ("cam_paths", "gt_instance_tokens")
 _SCALAR_FIELDS: dict[str, pa.DataType] = {

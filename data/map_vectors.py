@@ -74,8 +74,9 @@ class MapVectorizer:
         self._peds = _GeometrySet([g for g in peds if g is not None])
         self._surfaces = _GeometrySet([g for g in surfaces if g is not None])
 
-    def vectors(self, lidar_to_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`(M, MAP_POINTS, 2)` float32 points in the lidar frame and `(M,)` int64 labels into MAP_CLASSES."""
+    def polylines(self, lidar_to_global: np.ndarray) -> list[tuple[int, LineString]]:
+        """The elements before resampling: (label into MAP_CLASSES, polyline in the lidar frame), in VAD's
+        class order. These are the GT lines VAD's map evaluation reads (its `_format_gt` keeps them whole)."""
         coeffs = planar_global_to_local(lidar_to_global)
         patch = _local_box()
         elements: list[tuple[int, LineString]] = []
@@ -91,7 +92,11 @@ class MapVectorizer:
         for ring_lines in _outline_lines(surfaces, _local_box(-0.2)):
             elements.append((_BOUNDARY, ring_lines))
 
-        elements = [(label, ln) for label, ln in elements if ln.length > 1e-6]
+        return [(label, ln) for label, ln in elements if ln.length > 1e-6]
+
+    def vectors(self, lidar_to_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(M, MAP_POINTS, 2)` float32 points in the lidar frame and `(M,)` int64 labels into MAP_CLASSES."""
+        elements = self.polylines(lidar_to_global)
         if not elements:
             return np.zeros((0, MAP_POINTS, 2), np.float32), np.zeros((0,), np.int64)
         labels = np.array([label for label, _ in elements], dtype=np.int64)
@@ -176,3 +181,6 @@ class MapCache:
 
     def vectors(self, map_name: str, lidar_to_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.get(map_name).vectors(lidar_to_global)
+
+    def polylines(self, map_name: str, lidar_to_global: np.ndarray) -> list[tuple[int, LineString]]:
+        return self.get(map_name).polylines(lidar_to_global)

@@ -1,22 +1,22 @@
-"""3D detection metrics through nuscenes-devkit's `DetectionEval`, in VAD's evaluation range.
+"""3D detection metrics (NDS, mAP) exactly as VAD's own evaluation computes them, through nuscenes-devkit.
 
-Predictions (lidar frame, index conventions) become a nuScenes submission in the global frame: the box
-centre goes through the record's `lidar_to_ego` then `ego_to_global`, the heading and the velocity are
-rotated by the same rotations, `detection_name` comes from the label and `attribute_name` is chosen from the
-speed as mmdet3d's nuScenes formatter (and so VAD) does.
+VAD's evaluation (`VADCustomNuScenesDataset._format_bbox` + `NuScenesEval_custom` with its config
+`vad_nusc_detection_cvpr_2019.json`) is the devkit's `DetectionEval` with three changes, all reproduced:
+- Predictions: a box is dropped below score 0.2, and when its centre in the ego frame (after the record's
+  `lidar_to_ego`) has |x| > 30 m or |y| > 15 m. The rest go to the global frame as mmdet3d's formatter does
+  (centre through `lidar_to_ego` then `ego_to_global`, heading and velocity rotated alike, the attribute
+  chosen from the speed).
+- Range: GT and predictions are kept when |dx| < 30 m and |dy| < 15 m, where (dx, dy) is the box centre
+  minus the ego position in the GLOBAL frame, not rotated into the ego's (the devkit's `ego_translation`,
+  which VAD compares per axis instead of taking its norm). The range is therefore a global-axis-aligned
+  60 m x 30 m rectangle, whatever the ego's heading; VAD's figures are computed so.
+- The devkit's other rules still apply: GT boxes without lidar or radar points, bicycles and motorcycles
+  in bike racks are dropped.
+Matching, AP, TP errors and NDS are the devkit's `evaluate()` unchanged (VAD's copy of it is the same code),
+over all 10 classes: a class without GT in the evaluated samples scores AP 0 and TP errors 1, as there.
 
-The devkit's own `DetectionEval.__init__` evaluates every sample of a predefined split and filters boxes
-by a circular per-class distance. We subclass it and only replace the loading: GT of the evaluated samples
-(`load_gt_of_sample_tokens`, after checking that each belongs to the devkit split `eval_set`), the official
-prediction loader restricted to those samples, then VAD's rectangle: a box is kept when its centre, in the
-sample's lidar frame, has |x| <= 15 m and |y| <= 30 m, for GT and predictions alike. The devkit's
-`filter_eval_boxes` still runs afterwards for its other rules (GT boxes without lidar or radar points,
-bicycles in bike racks) with an unbounded distance, so the rectangle is the only range rule. Matching,
-AP, TP errors and NDS are the devkit's `evaluate()` unchanged.
-
-Classes without any GT box in the evaluated samples (after filtering) are left out of mAP and NDS,
-because the devkit would score their AP 0 whatever the model does; on nuScenes val every class is
-present, so there this equals the official figure.
+The devkit evaluates every sample of a split; here the evaluated samples are the records given (each must
+belong to the devkit split `eval_set`), which on the whole split is the same.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ from pyquaternion import Quaternion
 from netroller.data.index import DETECTION_CLASSES, SampleRecord
 from netroller.errors import DataError
 
-# VAD's evaluation rectangle in the lidar frame: x lateral, y longitudinal.
-RANGE_X = 15.0
-RANGE_Y = 30.0
+# VAD's vad_nusc_detection_cvpr_2019.json: the same range for every class. class_range_x bounds the ego
+# frame's x (forward) and the global dx; class_range_y the ego frame's y (left) and the global dy.
+RANGE_X = 30.0
+RANGE_Y = 15.0
+SCORE_MIN = 0.2  # VAD's `_format_bbox(score_thresh=0.2)`
 
 # mmdet3d's NuScenesDataset.DefaultAttribute, which VAD's formatter uses.
 _DEFAULT_ATTRIBUTE = {
@@ -104,8 +106,15 @@ def box_to_global(box: np.ndarray, lidar_to_global: np.ndarray) -> dict[str, lis
     }
 
 
+def in_ego_range(box: np.ndarray, lidar_to_ego: np.ndarray) -> bool:
+    """VAD's prediction filter: the centre in the ego frame within |x| <= 30 m and |y| <= 15 m."""
+    x, y, _ = lidar_to_ego[:3, :3] @ np.asarray(box[:3], dtype=np.float64) + lidar_to_ego[:3, 3]
+    return abs(x) <= RANGE_X and abs(y) <= RANGE_Y
+
+
 def to_submission(predictions: Sequence[BoxPrediction], records: Mapping[str, SampleRecord]) -> dict:
-    """A nuScenes detection submission (`{"meta", "results"}`) of the predictions, in the global frame."""
+    """A nuScenes detection submission (`{"meta", "results"}`) of the predictions VAD's formatter keeps
+    (score >= 0.2, in its ego-frame range), in the global frame."""
     results: dict[str, list[dict]] = {}
     for p in predictions:
         rec = records[p.sample_token]
@@ -114,6 +123,8 @@ def to_submission(predictions: Sequence[BoxPrediction], records: Mapping[str, Sa
         for box, score, label in zip(
             np.asarray(p.boxes), np.asarray(p.scores), np.asarray(p.labels), strict=True
         ):
+            if float(score) < SCORE_MIN or not in_ego_range(box, rec.lidar_to_ego):
+                continue
             name = DETECTION_CLASSES[int(label)]
             g = box_to_global(box, lidar_to_global)
             entries.append(
@@ -147,14 +158,14 @@ def eval_set_for(version: str, split: str) -> str:
     raise DataError(f"dataset version {version!r} has no annotated {split!r} split to evaluate detection on")
 
 
-def in_range(box: DetectionBox, global_to_lidar: np.ndarray) -> bool:
-    """Whether a global-frame box's centre lies in VAD's rectangle of the sample's lidar frame."""
-    x, y, _ = global_to_lidar[:3, :3] @ np.asarray(box.translation) + global_to_lidar[:3, 3]
-    return abs(x) <= RANGE_X and abs(y) <= RANGE_Y
+def in_vad_range(box: DetectionBox) -> bool:
+    """VAD's range on a box with the devkit's `ego_translation` (global-frame offset from the ego)."""
+    dx, dy, _ = box.ego_translation
+    return abs(dx) < RANGE_X and abs(dy) < RANGE_Y
 
 
 class RangeDetectionEval(DetectionEval):
-    """`DetectionEval` over chosen samples, with VAD's rectangular range instead of circular distances."""
+    """`DetectionEval` over chosen samples, with VAD's range instead of the devkit's circular distances."""
 
     def __init__(
         self,
@@ -188,10 +199,11 @@ class RangeDetectionEval(DetectionEval):
 
     def _restrict(self, boxes: EvalBoxes, records: Mapping[str, SampleRecord]) -> EvalBoxes:
         out = EvalBoxes()
-        for token, rec in records.items():
-            global_to_lidar = np.linalg.inv(rec.ego_to_global @ rec.lidar_to_ego)
-            out.add_boxes(token, [b for b in boxes[token] if in_range(b, global_to_lidar)])
+        for token in records:
+            out.add_boxes(token, list(boxes[token]))
         out = add_center_dist(self.nusc, out)
+        for token in records:
+            out.boxes[token] = [b for b in out[token] if in_vad_range(b)]
         if not out.all:
             return out  # the devkit's filter cannot tell the box type of an empty set
         unbounded = {name: math.inf for name in self.cfg.class_range}
@@ -201,30 +213,26 @@ class RangeDetectionEval(DetectionEval):
 def detection_metrics(
     nusc: NuScenes, result_path: Path, records: Mapping[str, SampleRecord], *, eval_set: str
 ) -> dict[str, float]:
-    """`det_nds`, `det_map`, `det_ap_<class>` and the TP errors `det_{ate,ase,aoe,ave,aae}`.
+    """`det_nds`, `det_map`, `det_ap_<class>`, the TP errors `det_{ate,ase,aoe,ave,aae}`, and the same NDS
+    and mAP under VAD's keys `pts_bbox_NuScenes/NDS`, `pts_bbox_NuScenes/mAP`.
 
     `result_path` is a submission JSON from `to_submission`; `records` maps each evaluated sample token to
-    its index record. NaN everywhere when the evaluated samples hold no GT box in range.
+    its index record.
     """
-    cfg = config_factory("detection_cvpr_2019")
+    cfg = config_factory("detection_cvpr_2019")  # VAD's config but for its range, which _restrict applies
     evaluator = RangeDetectionEval(nusc, cfg, result_path, records, eval_set)
-    present = [
-        name for name in cfg.class_range if any(b.detection_name == name for b in evaluator.gt_boxes.all)
-    ]
-    keys = ("det_nds", "det_map", "det_ate", "det_ase", "det_aoe", "det_ave", "det_aae")
-    if not present:
-        return dict.fromkeys(keys, float("nan"))
-    cfg.class_names = present  # see the module docstring: absent classes have no defined AP
     metrics, _ = evaluator.evaluate()
     tp = metrics.tp_errors
     out = {
         "det_nds": float(metrics.nd_score),
         "det_map": float(metrics.mean_ap),
-        "det_ate": tp["trans_err"],
-        "det_ase": tp["scale_err"],
-        "det_aoe": tp["orient_err"],
-        "det_ave": tp["vel_err"],
-        "det_aae": tp["attr_err"],
+        "det_ate": float(tp["trans_err"]),
+        "det_ase": float(tp["scale_err"]),
+        "det_aoe": float(tp["orient_err"]),
+        "det_ave": float(tp["vel_err"]),
+        "det_aae": float(tp["attr_err"]),
+        "pts_bbox_NuScenes/NDS": float(metrics.nd_score),
+        "pts_bbox_NuScenes/mAP": float(metrics.mean_ap),
     }
     for name, ap in metrics.mean_dist_aps.items():
         out[f"det_ap_{name}"] = float(ap)

@@ -1,26 +1,45 @@
-"""Vectorized-map AP with the Chamfer distance, as MapTR and VAD compute it.
+"""Vectorised-map AP exactly as VAD's own map evaluation computes it (MapTR's Chamfer AP).
 
-For each class and threshold (0.5, 1.0, 1.5 m): predictions of all samples are ranked by score; each is a
-true positive when its nearest GT vector of the same sample (smallest Chamfer distance) is within the
-threshold and not already taken by a higher-scored prediction, else a false positive (MapTR's greedy
-`tpfp`). AP is the area under the interpolated precision-recall curve (mmdet's `area` mode).
-Chamfer distance between two polylines `(P, 2)` and `(Q, 2)`: the mean of (mean over the first's points
-of the distance to the nearest point of the second) and the reverse.
+What VAD's `_evaluate_single` (map part) with `map_utils/{mean_ap, tpfp, tpfp_chamfer}.py` does, reproduced
+here step for step:
+- Every predicted polyline (its 20 points) and every GT polyline (the whole clipped map element, not its
+  20-point resampling: VAD's `_format_gt` keeps `instance_list` as it is) is resampled to 100 points evenly
+  along its length (shapely `interpolate`). Predictions with fewer than 2 points are skipped.
+- Per sample and class, a prediction-GT pair gets a score only when the two lines' buffers (2 m, flat caps,
+  mitre joins) intersect: minus the Chamfer distance, the mean of (mean over the prediction's points of
+  the distance to the nearest GT point) and the reverse; other pairs score -100.
+- Per sample, predictions in descending score order take their best-scoring GT when that score is at least
+  minus the threshold (Chamfer <= 0.5 / 1.0 / 1.5 m) and the GT is not yet taken: true positive; else false
+  positive. A sample without GT of the class makes every prediction a false positive.
+- All samples' predictions of the class are ranked by score together (numpy's default sort, as VAD's),
+  precision and recall accumulated in float32 (eps float32 guards), AP the area under the precision
+  envelope (mmdet's `area` mode), stored as a float32.
+- A class's AP is the mean over the three thresholds; `map_ap` the mean over the three classes, a class
+  without any GT counting as 0 (VAD averages all classes; there, recall is 0 so its AP is 0).
 
-`map_ap` is the mean over classes and thresholds; a class with no GT vector in the evaluated samples has
-no defined AP and is left out of the mean (its `map_ap_<class>` is NaN).
+Keys: `map_ap`, `map_ap_<class>`, `map_ap_<class>_<thr>`, and VAD's `NuscMap_chamfer/mAP`,
+`NuscMap_chamfer/<class>_AP`, `NuscMap_chamfer/<class>_AP_thr_<thr>` (the same values).
+Equality with the official code holds on identical inputs up to the order of exactly tied scores across
+samples, which follows the sample order (VAD's is its info file's; here the evaluated predictions').
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
+import shapely
+from scipy.spatial.distance import cdist
+from shapely.geometry import LineString
 
 from netroller.data.index import MAP_CLASSES
+from netroller.data.map_vectors import resample
 
 MAP_THRESHOLDS = (0.5, 1.0, 1.5)
+EVAL_POINTS = 100  # VAD's num_fixed_sample_pts, for predictions and GT alike
+BUFFER = 2.0  # m: the gating buffer's half width (custom_polyline_score's linewidth)
+NO_MATCH = -100.0
 
 
 class MapPrediction(Protocol):
@@ -32,77 +51,107 @@ class MapPrediction(Protocol):
     map_labels: np.ndarray  # (M,)
 
 
-def chamfer_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(M, G) symmetric Chamfer distances between polylines `(M, P, 2)` and `(G, Q, 2)`."""
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape[0] == 0 or gt.shape[0] == 0:
-        return np.zeros((pred.shape[0], gt.shape[0]))
-    d = np.linalg.norm(pred[:, None, :, None, :] - gt[None, :, None, :, :], axis=-1)  # (M, G, P, Q)
-    return (d.min(axis=3).mean(axis=2) + d.min(axis=2).mean(axis=2)) / 2
+GTPolylines = Sequence[tuple[int, np.ndarray]]  # (label into MAP_CLASSES, (P, 2) points) per element
 
 
-def _tp_fp(dist: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """(M,) 1 for a true positive, 0 for a false positive, one sample, one class."""
-    tp = np.zeros(dist.shape[0])
-    if dist.shape[1] == 0:
-        return tp
-    nearest = dist.argmin(axis=1)
-    nearest_d = dist.min(axis=1)
-    covered = np.zeros(dist.shape[1], dtype=bool)
-    for i in np.argsort(-scores, kind="stable"):
-        if nearest_d[i] <= threshold and not covered[nearest[i]]:
-            covered[nearest[i]] = True
-            tp[i] = 1.0
-    return tp
+def _resampled(lines: Sequence[np.ndarray]) -> np.ndarray:
+    """(K, 100, 2) float64: each polyline resampled to 100 points along its length."""
+    if not lines:
+        return np.zeros((0, EVAL_POINTS, 2))
+    return np.stack([resample(LineString(np.asarray(ln)), EVAL_POINTS) for ln in lines])
 
 
-def average_precision(tp: np.ndarray, scores: np.ndarray, num_gt: int) -> float:
-    """Area under the interpolated precision-recall curve of ranked detections (mmdet `area` mode)."""
-    if num_gt == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    tp = np.asarray(tp, dtype=np.float64)[order]
-    tp_cum = np.cumsum(tp)
-    fp_cum = np.cumsum(1.0 - tp)
-    recall = tp_cum / num_gt
-    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the precision envelope
-    changes = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
+def match_scores(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(K, G) minus the Chamfer distance of 100-point polylines whose 2 m buffers intersect, else -100."""
+    out = np.full((pred.shape[0], gt.shape[0]), NO_MATCH)
+    if out.size == 0:
+        return out
+    style = dict(cap_style="flat", join_style="mitre")
+    # A zero-length line (all points equal) has an empty buffer, so it never matches, as in VAD; GEOS
+    # divides by its zero length on the way, which numpy would report as a warning.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pred_buf = shapely.buffer(shapely.linestrings(pred), BUFFER, **style)
+        gt_buf = shapely.buffer(shapely.linestrings(gt), BUFFER, **style)
+    near = shapely.intersects(pred_buf[:, None], gt_buf[None, :])
+    for i, j in zip(*np.nonzero(near), strict=True):
+        d = cdist(pred[i], gt[j], "euclidean")
+        out[i, j] = -(d.min(-2).mean() + d.min(-1).mean()) / 2
+    return out
 
 
-def map_ap(
-    predictions: Sequence[MapPrediction],
-    gt_vectors: dict[str, np.ndarray],
-    gt_labels: dict[str, np.ndarray],
-) -> dict[str, float]:
-    """`map_ap`, `map_ap_<class>` (mean over thresholds) and `map_ap_<class>_<thr>` for each threshold.
+def tp_fp(scores: np.ndarray, match: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) float32 true / false positive flags of one sample and class (greedy in descending score)."""
+    tp = np.zeros(scores.shape[0], dtype=np.float32)
+    fp = np.zeros(scores.shape[0], dtype=np.float32)
+    if match.shape[1] == 0:
+        fp[...] = 1
+        return tp, fp
+    if scores.shape[0] == 0:
+        return tp, fp
+    best = match.max(axis=1)
+    best_gt = match.argmax(axis=1)
+    taken = np.zeros(match.shape[1], dtype=bool)
+    for i in np.argsort(-scores):
+        if best[i] >= -threshold and not taken[best_gt[i]]:
+            taken[best_gt[i]] = True
+            tp[i] = 1
+        else:
+            fp[i] = 1
+    return tp, fp
 
-    `gt_vectors[token]` is `(G, P, 2)` and `gt_labels[token]` `(G,)`, in the lidar frame like the predictions.
-    """
+
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> np.float32:
+    """mmdet's `area` AP: the area under the precision envelope, from recall 0 to 1, as a float32."""
+    mrec = np.concatenate([np.zeros(1, recall.dtype), recall, np.ones(1, recall.dtype)])
+    mpre = np.concatenate([np.zeros(1, recall.dtype), precision, np.zeros(1, recall.dtype)])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.where(mrec[1:] != mrec[:-1])[0]
+    ap = np.zeros(1, dtype=np.float32)
+    ap[0] = np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1])
+    return ap[0]
+
+
+def class_ap(
+    per_sample: Sequence[tuple[np.ndarray, np.ndarray]], num_gts: int, threshold: float
+) -> np.float32:
+    """AP of one class at one threshold from each sample's (scores, match scores)."""
+    flags = [tp_fp(scores, match, threshold) for scores, match in per_sample]
+    scores = np.concatenate([s for s, _ in per_sample]) if per_sample else np.zeros(0)
+    order = np.argsort(-scores)
+    tp = np.cumsum(np.concatenate([t for t, _ in flags])[order] if flags else np.zeros(0, np.float32))
+    fp = np.cumsum(np.concatenate([f for _, f in flags])[order] if flags else np.zeros(0, np.float32))
+    eps = np.finfo(np.float32).eps
+    recall = tp / np.maximum(num_gts, eps)
+    precision = tp / np.maximum(tp + fp, eps)
+    return average_precision(recall, precision)
+
+
+def map_ap(predictions: Sequence[MapPrediction], gt_polylines: Mapping[str, GTPolylines]) -> dict[str, float]:
+    """VAD's map AP of the predictions against each sample's GT polylines (lidar frame, metres)."""
     out: dict[str, float] = {}
     class_means = []
     for c, name in enumerate(MAP_CLASSES):
-        # The Chamfer distances do not depend on the threshold: compute them once per sample and class.
-        per_sample, num_gt = [], 0
+        # The match scores do not depend on the threshold: computed once per sample and class.
+        per_sample, num_gts = [], 0
         for p in predictions:
-            gt = np.asarray(gt_vectors[p.sample_token])[np.asarray(gt_labels[p.sample_token]) == c]
-            sel = np.asarray(p.map_labels) == c
-            pv, ps = np.asarray(p.map_vectors)[sel], np.asarray(p.map_scores, dtype=np.float64)[sel]
-            num_gt += gt.shape[0]
-            per_sample.append((chamfer_matrix(pv, gt), ps))
-        scores = np.concatenate([ps for _, ps in per_sample])
-        per_thr = []
+            labels = np.asarray(p.map_labels).reshape(-1)
+            vectors = np.asarray(p.map_vectors, dtype=np.float32)
+            kept = [i for i in np.flatnonzero(labels == c) if len(vectors[i]) >= 2]
+            pred = _resampled([vectors[i] for i in kept])
+            scores = np.asarray(p.map_scores, dtype=np.float32)[kept].astype(np.float64)
+            gt = _resampled([pts for label, pts in gt_polylines[p.sample_token] if label == c])
+            num_gts += gt.shape[0]
+            per_sample.append((scores, match_scores(pred, gt)))
+        aps = []
         for thr in MAP_THRESHOLDS:
-            tps = np.concatenate([_tp_fp(dist, ps, thr) for dist, ps in per_sample])
-            ap = average_precision(tps, scores, num_gt)
+            ap = float(class_ap(per_sample, num_gts, thr))
             out[f"map_ap_{name}_{thr}"] = ap
-            per_thr.append(ap)
-        out[f"map_ap_{name}"] = float(np.mean(per_thr))
-        if not np.isnan(out[f"map_ap_{name}"]):
-            class_means.append(out[f"map_ap_{name}"])
-    out["map_ap"] = float(np.mean(class_means)) if class_means else float("nan")
+            out[f"NuscMap_chamfer/{name}_AP_thr_{thr}"] = ap
+            aps.append(ap)
+        mean = float(np.mean(np.asarray(aps, dtype=np.float64)))
+        out[f"map_ap_{name}"] = mean
+        out[f"NuscMap_chamfer/{name}_AP"] = mean
+        class_means.append(mean)
+    out["map_ap"] = float(np.mean(class_means))
+    out["NuscMap_chamfer/mAP"] = out["map_ap"]
     return out

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from netroller.data.index import MAP_CLASSES, SampleRecord  # noqa: E402
-from netroller.metrics.planning import box_corners, ego_boxes  # noqa: E402
+from netroller.metrics.collision_exact import box_corners, ego_boxes  # noqa: E402
 
 _MAP_COLOURS = {"divider": "tab:orange", "ped_crossing": "tab:blue", "boundary": "tab:purple"}
 # The 12 edges of a box from `corners_3d`: bottom face 0-3, top face 4-7.

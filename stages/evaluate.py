@@ -2,8 +2,10 @@
 
 Outputs, all written into a temporary folder that is renamed onto RUN/<out_name> at the end (a reader sees
 the previous evaluation or the complete new one, never a half-written mix):
-    metrics.json         flat keys: plan_l2_{1,2,3}s, plan_l2_at_{1,2,3}s, plan_col_{1,2,3}s, det_nds,
-                         det_map, det_ap_<class>, map_ap, map_ap_<class>, num_samples, recipe, ...
+    metrics.json         flat keys: plan_l2_{1,2,3}s, plan_l2_at_{1,2,3}s, plan_col_{1,2,3}s (VAD's),
+                         plan_col_exact_{1,2,3}s (ours), det_nds, det_map, det_ap_<class>, map_ap,
+                         map_ap_<class>, num_samples, recipe, ..., and VAD's own names
+                         (`netroller.metrics.scoring.VAD_KEYS`: plan_L2_1s, plan_obj_box_col_1s, ...)
     predictions.parquet  one row per sample: plan / GT trajectory, command, boxes, map vectors (flattened)
     results_nusc.json    the detection submission (global frame) the devkit scored
     report.md            metric table, provenance notes, plots
@@ -15,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,10 @@ from tqdm import tqdm
 from netroller.data.index import Index, SampleRecord, read_index
 from netroller.data.nusc import open_nuscenes
 from netroller.errors import ConfigError, ModelError
-from netroller.metrics.detection import detection_metrics, eval_set_for, to_submission
-from netroller.metrics.map_ap import map_ap
-from netroller.metrics.planning import plan_collision, plan_l2
+from netroller.metrics.detection import eval_set_for
 from netroller.metrics.plots import plot_bev, plot_front_camera
 from netroller.metrics.report import data_note, gm_note, is_synthetic, metrics_json, render_report
+from netroller.metrics.scoring import compute_metrics
 from netroller.storage.atomic import atomic_path
 
 
@@ -169,50 +169,6 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
     return CachedLatents(reader, positions)
 
 
-def compute_metrics(
-    preds: list, records: dict[str, SampleRecord], *, nusc, eval_set: str, work: Path
-) -> dict:
-    """Planning, detection and map metrics of decoded predictions; `work` receives results_nusc.json."""
-    recs = [records[p.sample_token] for p in preds]
-    out: dict = {}
-    out.update(
-        plan_l2(
-            np.stack([p.plan_traj for p in preds]),
-            np.stack([r.ego_fut_traj for r in recs]),
-            np.stack([r.ego_fut_mask for r in recs]),
-        )
-    )
-    out.update(
-        plan_collision(
-            [
-                {
-                    "plan": p.plan_traj,
-                    "gt_traj": r.ego_fut_traj,
-                    "gt_mask": r.ego_fut_mask,
-                    "boxes": r.gt_boxes,
-                    "labels": r.gt_labels,
-                    "fut_traj": r.gt_fut_traj,
-                    "fut_mask": r.gt_fut_mask,
-                }
-                for p, r in zip(preds, recs, strict=True)
-            ]
-        )
-    )
-    submission = work / "results_nusc.json"
-    submission.write_text(json.dumps(to_submission(preds, records)))
-    out.update(detection_metrics(nusc, submission, {r.sample_token: r for r in recs}, eval_set=eval_set))
-    out.update(
-        map_ap(
-            preds,
-            {r.sample_token: r.map_vectors for r in recs},
-            {r.sample_token: r.map_labels for r in recs},
-        )
-    )
-    out["num_samples"] = len(preds)
-    out["num_planning_samples"] = int(sum(bool(np.all(r.ego_fut_mask > 0.5)) for r in recs))
-    return out
-
-
 def evaluate(cfg: EvalConfig) -> Path:
     """Evaluate the run on the split; returns RUN/<out_name>. ModelError for a missing or mismatched run."""
     from netroller.stages.finetune import load_netroller_run
@@ -230,7 +186,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     target = cfg.run / cfg.out_name
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp)
+        metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp, dataroot=dataroot)
         metrics["recipe"] = train_cfg.recipe
         metrics["split"] = cfg.split
         # Samples left out for unreadable camera images (see SampleDataset.unreadable).

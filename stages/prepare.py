@@ -11,6 +11,9 @@ converter leaves a choice, this module documents what it does:
 - `ego_velocity`: the lidar origin's displacement from the previous keyframe divided by the time between
   them, in the current lidar frame (the next keyframe on a scene's first frame; zero for a one-sample scene).
 - GT boxes keep VAD's `valid_flag` (num_lidar_pts + num_radar_pts > 0) and the detection classes only.
+  Each box's `gt_categories` entry is its category's position in the devkit's category table and its
+  `gt_fut_yaw` the heading changes along its future, both as VAD's converter computes them (`lcf_feat`
+  type and `gt_agent_fut_yaw`, the latter summed into changes from the current heading).
 - `can_bus`: VAD's converter + dataset steps (`netroller.data.can_bus`), from the CAN-bus expansion's pose
   messages through the devkit. A scene without CAN-bus data (no `can_bus/` folder at all, a scene the devkit
   lists as having none, a missing file) gets zeros for the devkit part, as VAD's converter gives it; such
@@ -22,6 +25,7 @@ Usage:
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +147,7 @@ class _RecordBuilder:
         self._splits = scene_splits(version)
         self._lidar_pose: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
         self._no_can_bus: dict[str, None] = {}  # scene names in table order
+        self._category_index = {c["name"]: i for i, c in enumerate(nusc.category)}
 
     def scenes_without_can_bus(self) -> tuple[str, ...]:
         """Names of the scenes recorded so far whose CAN-bus data was missing."""
@@ -208,7 +213,9 @@ class _RecordBuilder:
         cam_paths, sizes, intrinsics, cam_to_lidar = self._cameras(sample, global_to_lidar)
         can_bus = self._can_bus(sample, scene["name"])
         fut, fut_mask, his, his_mask, velocity = self._ego_motion(sample, global_to_lidar)
-        boxes, labels, num_pts, inst_tokens, agent_fut, agent_mask = self._boxes(sample, global_to_lidar)
+        boxes, labels, num_pts, inst_tokens, agent_fut, agent_mask, agent_yaw, categories = self._boxes(
+            sample, global_to_lidar
+        )
         map_vectors, map_labels = self.maps.vectors(map_name, lidar_to_global)
 
         return SampleRecord(
@@ -240,6 +247,8 @@ class _RecordBuilder:
             gt_fut_mask=agent_mask,
             map_vectors=map_vectors,
             map_labels=map_labels,
+            gt_fut_yaw=agent_yaw,
+            gt_categories=categories,
         )
 
     def _can_bus(self, sample: dict, scene_name: str) -> np.ndarray:
@@ -323,7 +332,7 @@ class _RecordBuilder:
         nusc = self.nusc
         lidar_sd = sample["data"][LIDAR]
         _, boxes, _ = nusc.get_sample_data(lidar_sd)  # boxes in the lidar frame
-        rows, labels, num_pts, tokens, futs, masks = [], [], [], [], [], []
+        rows, labels, num_pts, tokens, futs, masks, yaws, categories = [], [], [], [], [], [], [], []
         for box in boxes:
             ann = nusc.get("sample_annotation", box.token)
             name = _detection_name(ann["category_name"])
@@ -341,6 +350,8 @@ class _RecordBuilder:
             fut, mask = self._agent_future(ann, box.center[:2], global_to_lidar)
             futs.append(fut)
             masks.append(mask)
+            yaws.append(self._agent_future_yaw(ann, box, sample))
+            categories.append(self._category_index.get(ann["category_name"], -1))
         n = len(rows)
         return (
             np.asarray(rows, dtype=np.float64).reshape(n, 9),
@@ -349,6 +360,8 @@ class _RecordBuilder:
             tuple(tokens),
             np.asarray(futs, dtype=np.float64).reshape(n, FUT_STEPS, 2),
             np.asarray(masks, dtype=np.float64).reshape(n, FUT_STEPS),
+            np.asarray(yaws, dtype=np.float64).reshape(n, FUT_STEPS),
+            np.asarray(categories, dtype=np.int64),
         )
 
     def _agent_future(self, ann: dict, centre: np.ndarray, global_to_lidar: np.ndarray):
@@ -364,6 +377,41 @@ class _RecordBuilder:
                 token = nxt["next"]
             fut[i] = last
         return fut, mask
+
+    def _agent_future_yaw(self, ann: dict, box, sample: dict) -> np.ndarray:
+        """(6,) heading change from the current heading at each future step, held past the agent's end.
+
+        As VAD's converter: each next annotation's box is moved into the current lidar frame with the
+        devkit's Box operations (the LIDAR_TOP keyframe's ego pose and calibration), its yaw taken with
+        `quaternion_yaw_vad`, and the per-step differences summed.
+        """
+        from nuscenes.utils.data_classes import Box
+        from pyquaternion import Quaternion
+
+        sd = self._sample_data(sample, LIDAR)
+        pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        out = np.zeros(FUT_STEPS)
+        total, yaw, token = 0.0, quaternion_yaw_vad(box.orientation), ann["next"]
+        for i in range(FUT_STEPS):
+            if token:
+                nxt = self.nusc.get("sample_annotation", token)
+                b = Box(nxt["translation"], nxt["size"], Quaternion(nxt["rotation"]))
+                b.translate(-np.array(pose["translation"]))
+                b.rotate(Quaternion(pose["rotation"]).inverse)
+                b.translate(-np.array(cs["translation"]))
+                b.rotate(Quaternion(cs["rotation"]).inverse)
+                yaw_next = quaternion_yaw_vad(b.orientation)
+                total += yaw_next - yaw
+                yaw, token = yaw_next, nxt["next"]
+            out[i] = total
+        return out
+
+
+def quaternion_yaw_vad(q) -> float:
+    """The yaw VAD's converter takes of a pyquaternion (its `quart_to_rpy`, the ZYX Euler yaw)."""
+    w, x, y, z = q.elements
+    return math.atan2(2 * (w * z + x * y), 1 - 2 * (z * z + y * y))
 
 
 def command_from_future(fut: np.ndarray, mask: np.ndarray) -> int:

@@ -1,8 +1,10 @@
 """`netroller report RUN...`: several runs' evaluations in one Markdown table, with plots.
 
 Every `RUN/eval*/metrics.json` becomes a row. Rows are ordered baseline, NetRoller variants, controls
-(shuffled latents), then lags; columns are VAD's planning metrics (L2 and collision at 1/2/3 s), NDS,
-detection mAP and map AP.
+(shuffled latents), then lags; below them the published nuScenes-val rows of VAD-Tiny, VAD-Base and the
+NetRoller paper (`netroller.metrics.report.PUBLISHED`), labelled as published. Columns are VAD's planning
+metrics (L2 and collision at 1/2/3 s and their average), NDS, detection mAP and map mAP, all computed as
+VAD's own evaluation computes them, so a run's row can be read against the published ones.
 
     netroller report work/runs/baseline work/runs/bias-query work/runs/tf-query --out work/report.md
 """
@@ -17,18 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netroller.errors import MissingPathError
+from netroller.metrics.report import PUBLISHED, fmt_published, with_averages
 from netroller.storage.atomic import atomic_path
 
 COLUMNS = (
     ("plan_l2_1s", "L2 1s"),
     ("plan_l2_2s", "L2 2s"),
     ("plan_l2_3s", "L2 3s"),
+    ("plan_l2_avg", "L2 avg"),
     ("plan_col_1s", "Col 1s"),
     ("plan_col_2s", "Col 2s"),
     ("plan_col_3s", "Col 3s"),
+    ("plan_col_avg", "Col avg"),
     ("det_nds", "NDS"),
     ("det_map", "mAP"),
-    ("map_ap", "map AP"),
+    ("map_ap", "map mAP"),
 )
 _KIND_ORDER = {"baseline": 0, "netroller": 1, "control": 2, "lag": 3}
 
@@ -82,14 +87,18 @@ def _fmt(value) -> str:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """The Markdown comparison table."""
+    """The Markdown comparison table: the runs, then the published rows."""
     head = "| run | kind | " + " | ".join(name for _, name in COLUMNS) + " |"
     sep = "|---|---|" + "---:|" * len(COLUMNS)
     lines = [head, sep]
     for r in rows:
         kind = f"lag {r.lag}" if r.kind == "lag" else r.kind
-        cells = " | ".join(_fmt(r.metrics.get(k)) for k, _ in COLUMNS)
+        metrics = with_averages(r.metrics)
+        cells = " | ".join(_fmt(metrics.get(k)) for k, _ in COLUMNS)
         lines.append(f"| {r.label} | {kind} | {cells} |")
+    for p in PUBLISHED:
+        cells = " | ".join(fmt_published(p, k) for k, _ in COLUMNS)
+        lines.append(f"| {p.name} | published ({p.source}) | {cells} |")
     return "\n".join(lines)
 
 
@@ -149,10 +158,12 @@ def render(
     lines += [
         table(rows),
         "",
-        "L2 in metres (VAD convention: mean over the steps up to N s); collision in % (ST-P3 box collision); "
-        "NDS and mAP from nuscenes-devkit DetectionEval in VAD's 30 m x 60 m range; map AP is the Chamfer AP "
-        "over 0.5/1.0/1.5 m. `control`: shuffled latents (every sample gets another sample's GM latents); "
-        "`lag N`: the SM at t reads the GM latents of t - N.",
+        "Every figure is computed as VAD's own evaluation code computes it: L2 in metres (mean over the steps "
+        "up to N s), collision in % (VAD's obj_box_col), NDS and mAP from nuscenes-devkit DetectionEval with "
+        "VAD's filters, map mAP VAD's Chamfer AP over 0.5/1.0/1.5 m; avg is the mean of 1, 2 and 3 s. "
+        "`published` rows are the papers' nuScenes-val figures (n/a: not published), not runs of this "
+        "project; a run on other data is not comparable with them. `control`: shuffled latents (every sample "
+        "gets another sample's GM latents); `lag N`: the SM at t reads the GM latents of t - N.",
         "",
     ]
     for p in plots:

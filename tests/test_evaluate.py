@@ -36,13 +36,22 @@ def test_evaluate_writes_every_output_into_the_eval_folder(evaluated, tiny_run):
     assert sorted(p.name for p in (evaluated / "plots").iterdir()) == ["bev_0.png", "cam_front_0.png"]
 
 
-def test_metrics_json_holds_the_flat_vad_keys(evaluated):
+def test_metrics_json_holds_the_flat_keys_and_vads_own_names(evaluated):
+    from netroller.metrics.scoring import VAD_KEYS
+
     metrics = json.loads((evaluated / "metrics.json").read_text())
     for n in (1, 2, 3):
-        for key in (f"plan_l2_{n}s", f"plan_l2_at_{n}s", f"plan_col_{n}s"):
+        for key in (f"plan_l2_{n}s", f"plan_l2_at_{n}s", f"plan_col_{n}s", f"plan_col_exact_{n}s"):
             assert key in metrics, key
     for key in ("det_nds", "det_map", "map_ap", "map_ap_divider", "map_ap_ped_crossing", "map_ap_boundary"):
         assert key in metrics, key
+    for key in VAD_KEYS:
+        assert key in metrics, key
+    assert metrics["plan_L2_3s"] == metrics["plan_l2_3s"]
+    assert metrics["pts_bbox_NuScenes/NDS"] == metrics["det_nds"]
+    assert metrics["NuscMap_chamfer/mAP"] == metrics["map_ap"]
+    if metrics["plan_col_3s"] is not None:
+        assert metrics["plan_obj_box_col_3s"] == pytest.approx(metrics["plan_col_3s"] / 100)
     assert metrics["num_samples"] == 3
     assert metrics["recipe"] == "debug"
 
@@ -60,6 +69,25 @@ def test_report_says_the_data_is_synthetic(evaluated):
     report = (evaluated / "report.md").read_text()
     assert "Data: synthetic" in report
     assert "| L2 1 s" in report
+    assert "VAD-Base (VAD paper)" in report and "NetRoller Bias-C1-PEl (NetRoller paper)" in report
+
+
+def test_comparison_report_shows_the_published_rows_beside_the_runs(tmp_path):
+    from netroller.stages.report import write_report
+
+    run = tmp_path / "runs" / "baseline"
+    (run / "eval").mkdir(parents=True)
+    figures = {"plan_l2_1s": 0.5, "plan_l2_2s": 0.8, "plan_l2_3s": 1.1, "plan_col_1s": 0.3}
+    (run / "eval" / "metrics.json").write_text(
+        json.dumps({**figures, "plan_col_2s": 0.4, "plan_col_3s": 0.5})
+    )
+    text = write_report([run], tmp_path / "report.md").read_text()
+    assert "| baseline | baseline | 0.500 | 0.800 | 1.100 | 0.800 | 0.300 | 0.400 | 0.500 | 0.400 |" in text
+    assert "| VAD-Tiny | published (VAD paper) | 0.46 | 0.76 | 1.12 | 0.7800 | 0.21 | 0.35 | 0.58 |" in text
+    assert "| VAD-Base | published (VAD paper) |" in text
+    assert "| VAD-Base re-run | published (NetRoller paper) | n/a | n/a | n/a | 0.7175 |" in text
+    assert "| NetRoller Bias-C1-PEl | published (NetRoller paper) |" in text and "| 0.1628 |" in text
+    assert "| NetRoller TF-C0 | published (NetRoller paper) |" in text and "| 0.1923 |" in text
 
 
 def test_out_name_picks_a_variant_folder(tiny_run, index_path):
