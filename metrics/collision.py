@@ -4,10 +4,11 @@ Every published Col figure of VAD and of the NetRoller paper comes from that com
 reproduces it, float32 rounding included, rather than a geometrically better one (that one is
 `netroller.metrics.collision_exact`, reported as `plan_col_exact_Ns`). What VAD's code does:
 
-- Agents: the sample's GT boxes that VAD's test pipeline keeps (lidar + radar points > 0 and one of the 10
-  detection classes, as the index already holds them; centre strictly inside the perception range
-  -15 < x < 15, -30 < y < 30 m, compared in float32), of a vehicle or human category by the nuScenes
-  category-table index (VAD's `category_index`: human 2..8, vehicle 14..23 in the 32-category table).
+- Agents: the sample's GT boxes that VAD's test pipeline keeps: one of the 10 detection classes, at least
+  one lidar point (its test datasets leave `use_valid_flag` off, so a box seen by radar only, which the
+  index keeps, is dropped), centre strictly inside the perception range -15 < x < 15, -30 < y < 30 m
+  (compared in float32); of those, the ones of a vehicle or human category by the nuScenes category-table
+  index (VAD's `category_index`: human 2..8, vehicle 14..23 in the 32-category table).
 - Each agent is moved along its GT future (positions and heading changes, both per-step offsets summed in
   float32) and drawn at each step where its future exists, as the rectangle length x width around its
   centre, its corners in float32, mapped to a 200 x 200 image (column 2 (x + 50), row 2 (50 - y)), rounded
@@ -115,7 +116,7 @@ def agent_occupancy(sample: PlanningSample) -> np.ndarray:
     steps = FUT_STEPS
     occ = np.zeros((steps, GRID, GRID), dtype=np.uint8)
     boxes = np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 9)
-    keep = in_perception_range(boxes)
+    keep = in_perception_range(boxes) & (np.asarray(sample.num_lidar_pts).reshape(-1) > 0)
     categories = np.asarray(sample.categories, dtype=np.float32).reshape(-1)
     drawn = [
         k

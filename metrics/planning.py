@@ -40,6 +40,7 @@ class PlanningSample:
     fut_traj: np.ndarray  # (N, 6, 2) GT agent positions relative to the agent's current centre
     fut_yaw: np.ndarray  # (N, 6) GT agent heading change from its current heading
     fut_mask: np.ndarray  # (N, 6)
+    num_lidar_pts: np.ndarray  # (N,) lidar points in each GT box
 
     @classmethod
     def of(cls, record: SampleRecord, plan: np.ndarray) -> PlanningSample:
@@ -54,6 +55,7 @@ class PlanningSample:
             fut_traj=record.gt_fut_traj,
             fut_yaw=record.gt_fut_yaw,
             fut_mask=record.gt_fut_mask,
+            num_lidar_pts=record.gt_num_lidar_pts,
         )
 
     @property

@@ -52,7 +52,7 @@ def det_map_fixture() -> dict:
 
 
 def fixture_sample(inputs: dict) -> PlanningSample:
-    dtypes = {"labels": np.int64, "categories": np.int64}
+    dtypes = {"labels": np.int64, "categories": np.int64, "num_lidar_pts": np.int64}
     return PlanningSample(**{k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in inputs.items()})
 
 
@@ -61,7 +61,18 @@ def straight(speed: float = 2.5) -> np.ndarray:
     return np.stack([np.zeros(6), speed * np.arange(1, 7)], axis=-1)
 
 
-def sample(plan, gt_traj, boxes, *, labels=None, categories=None, fut_mask=None, fut_traj=None, fut_yaw=None):
+def sample(
+    plan,
+    gt_traj,
+    boxes,
+    *,
+    labels=None,
+    categories=None,
+    fut_mask=None,
+    fut_traj=None,
+    fut_yaw=None,
+    points=None,
+):
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 9)
     n = boxes.shape[0]
     return PlanningSample(
@@ -74,6 +85,7 @@ def sample(plan, gt_traj, boxes, *, labels=None, categories=None, fut_mask=None,
         fut_traj=np.zeros((n, 6, 2), np.float32) if fut_traj is None else np.asarray(fut_traj, np.float32),
         fut_yaw=np.zeros((n, 6), np.float32) if fut_yaw is None else np.asarray(fut_yaw, np.float32),
         fut_mask=np.ones((n, 6), np.float32) if fut_mask is None else np.asarray(fut_mask, np.float32),
+        num_lidar_pts=np.full(n, 10) if points is None else np.asarray(points),
     )
 
 
@@ -183,6 +195,13 @@ def test_agents_on_or_past_the_perception_range_edge_are_not_obstacles():
         plan = np.tile([0.0, y], (6, 1))
         box = [[0.0, y, 0.0, 2.0, 4.0, 1.6, np.pi / 2, 0.0, 0.0]]
         assert (collision.plan_collision([sample(plan, STAND_STILL, box)])["plan_col_3s"] > 0) == hits, y
+
+
+def test_boxes_without_lidar_points_are_not_obstacles():
+    # VAD's test datasets keep boxes with lidar points (not its training valid_flag, lidar or radar).
+    for points, hits in ((0, False), (1, True)):
+        s = sample(STOP_AT_CAR, STAND_STILL, PARKED_CAR, points=[points])
+        assert (collision.plan_collision([s])["plan_col_3s"] > 0) == hits, points
 
 
 def test_only_vehicle_and_human_categories_are_obstacles():
