@@ -35,6 +35,7 @@ from netroller.metrics.detection import eval_set_for
 from netroller.metrics.plots import plot_bev, plot_front_camera
 from netroller.metrics.report import data_note, gm_note, is_synthetic, metrics_json, render_report
 from netroller.metrics.scoring import compute_metrics
+from netroller.stages.run_dir import run_recipe
 from netroller.storage.atomic import atomic_path
 
 
@@ -114,10 +115,10 @@ def predict(
     """
     from netroller.data.dataset import SampleDataset, collate
     from netroller.data.latents import LatentCollate, LatentDataset, latent_sources
-    from netroller.models.vad.outputs import decode
+    from netroller.models.vad_next.predictions import decode
 
     dataset = SampleDataset(
-        index, cfg.split, image_size=vad_cfg.image_size, dataroot=dataroot, max_samples=cfg.max_samples
+        index, cfg.split, vad=vad_cfg, train=False, dataroot=dataroot, max_samples=cfg.max_samples
     )
     if note := dataset.unreadable_note():
         print(f"eval: {note}", file=sys.stderr, flush=True)
@@ -128,22 +129,23 @@ def predict(
         )
         dataset = LatentDataset(dataset, sources)
         collate_fn = LatentCollate(latents, collate)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_fn
-    )
+    # One sample at a time in the index's scene order: the previous BEV is carried through each scene, as
+    # the official test does (`VAD.forward_test`).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_fn)
     model.eval()
     preds = []
     without_latents = 0
+    state = None
     with torch.no_grad():
-        for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="batch"):
+        for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="sample"):
             batch = batch.to(cfg.device)
             shift = None
             if roller is not None:
                 lat = batch.latents
                 without_latents += int((~lat.present).sum())
                 shift = roller.shift(lat.hidden, lat.length, lat.present)
-            outputs = model(batch.inputs, shift)
-            preds.extend(decode(outputs, batch))
+            outputs, state = model.forward_test(batch.inputs.frame, batch.inputs.scene_tokens[0], state, shift)
+            preds.extend(decode(outputs, batch.sample_tokens, batch.inputs.command, vad_cfg))
     return preds, without_latents
 
 
@@ -175,7 +177,7 @@ def evaluate(cfg: EvalConfig) -> Path:
 
     if not cfg.run.is_dir():
         raise ModelError(f"run folder not found: {cfg.run}")
-    model, roller, meta, vad_cfg, train_cfg = load_netroller_run(cfg.run, device=cfg.device)
+    model, roller, meta, vad_cfg, _ = load_netroller_run(cfg.run, device=cfg.device)
     latents = _open_run_latents(meta, cfg)
     index = read_index(cfg.index)
     dataroot = index.dataroot(cfg.dataroot)
@@ -187,7 +189,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     with atomic_path(target) as tmp:
         tmp.mkdir()
         metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp, dataroot=dataroot)
-        metrics["recipe"] = train_cfg.recipe
+        metrics["recipe"] = run_recipe(cfg.run)
         metrics["split"] = cfg.split
         # Samples left out for unreadable camera images (see SampleDataset.unreadable).
         metrics["samples_unreadable"] = len(index.split(cfg.split)[: cfg.max_samples]) - len(preds)
