@@ -7,7 +7,8 @@ here step for step:
   along its length (shapely `interpolate`). Predictions with fewer than 2 points are skipped.
 - Per sample and class, a prediction-GT pair gets a score only when the two lines' buffers (2 m, flat caps,
   mitre joins) intersect: minus the Chamfer distance, the mean of (mean over the prediction's points of
-  the distance to the nearest GT point) and the reverse; other pairs score -100.
+  the distance to the nearest GT point) and the reverse; other pairs score -100. (Pairs beyond the largest
+  threshold are skipped, which changes no outcome; see `match_scores`.)
 - Per sample, predictions in descending score order take their best-scoring GT when that score is at least
   minus the threshold (Chamfer <= 0.5 / 1.0 / 1.5 m) and the GT is not yet taken: true positive; else false
   positive. A sample without GT of the class makes every prediction a false positive.
@@ -19,8 +20,8 @@ here step for step:
 
 Keys: `map_ap`, `map_ap_<class>`, `map_ap_<class>_<thr>`, and VAD's `NuscMap_chamfer/mAP`,
 `NuscMap_chamfer/<class>_AP`, `NuscMap_chamfer/<class>_AP_thr_<thr>` (the same values).
-Equality with the official code holds on identical inputs up to the order of exactly tied scores across
-samples, which follows the sample order (VAD's is its info file's; here the evaluated predictions').
+Exactly tied scores across samples keep the order of the samples given (numpy's sort is not stable, but
+deterministic); `netroller.metrics.scoring` passes them in VAD's order, the devkit's sample table order.
 """
 
 from __future__ import annotations
@@ -61,21 +62,39 @@ def _resampled(lines: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([resample(LineString(np.asarray(ln)), EVAL_POINTS) for ln in lines])
 
 
-def match_scores(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(K, G) minus the Chamfer distance of 100-point polylines whose 2 m buffers intersect, else -100."""
+def match_scores(pred: np.ndarray, gt: np.ndarray, *, within: float = max(MAP_THRESHOLDS)) -> np.ndarray:
+    """(K, G) matching scores of 100-point polylines: minus the Chamfer distance where the two lines' 2 m
+    buffers intersect, else -100, as VAD's `custom_polyline_score`, for every pair within `within` metres.
+
+    A pair further apart (Chamfer distance > `within`, the largest threshold) also gets -100: it can match at
+    no threshold, and it cannot be a prediction's best pair while a pair within reach exists, so no outcome
+    changes; computing its distance and both buffers, as VAD does, is what made the evaluation slow.
+    """
     out = np.full((pred.shape[0], gt.shape[0]), NO_MATCH)
     if out.size == 0:
         return out
+    # Lower bound of the Chamfer distance: the gap between the lines' bounding boxes.
+    lo_p, hi_p, lo_g, hi_g = pred.min(1), pred.max(1), gt.min(1), gt.max(1)
+    gap = np.maximum(0.0, np.maximum(lo_g[None] - hi_p[:, None], lo_p[:, None] - hi_g[None]))  # (K, G, 2)
+    near = []
+    for i, j in zip(*np.nonzero(np.hypot(gap[..., 0], gap[..., 1]) <= within + 1e-9), strict=True):
+        d = cdist(pred[i], gt[j], "euclidean")
+        chamfer = (d.min(-2).mean() + d.min(-1).mean()) / 2
+        if chamfer <= within:
+            near.append((i, j, chamfer))
+    if not near:
+        return out
     style = dict(cap_style="flat", join_style="mitre")
+    ii = sorted({i for i, _, _ in near})
+    jj = sorted({j for _, j, _ in near})
     # A zero-length line (all points equal) has an empty buffer, so it never matches, as in VAD; GEOS
     # divides by its zero length on the way, which numpy would report as a warning.
     with np.errstate(divide="ignore", invalid="ignore"):
-        pred_buf = shapely.buffer(shapely.linestrings(pred), BUFFER, **style)
-        gt_buf = shapely.buffer(shapely.linestrings(gt), BUFFER, **style)
-    near = shapely.intersects(pred_buf[:, None], gt_buf[None, :])
-    for i, j in zip(*np.nonzero(near), strict=True):
-        d = cdist(pred[i], gt[j], "euclidean")
-        out[i, j] = -(d.min(-2).mean() + d.min(-1).mean()) / 2
+        pred_buf = dict(zip(ii, shapely.buffer(shapely.linestrings(pred[ii]), BUFFER, **style), strict=True))
+        gt_buf = dict(zip(jj, shapely.buffer(shapely.linestrings(gt[jj]), BUFFER, **style), strict=True))
+    for i, j, chamfer in near:
+        if pred_buf[i].intersects(gt_buf[j]):
+            out[i, j] = -chamfer
     return out
 
 

@@ -43,10 +43,18 @@ def gt_polylines(records: Sequence[SampleRecord], maps: MapCache) -> dict[str, l
     return out
 
 
+def in_vad_order(preds: Sequence, nusc) -> list:
+    """The predictions in the order VAD evaluates samples: its info files follow the devkit's sample table.
+    Detection and map AP rank predictions of all samples together, and exactly tied scores keep this order."""
+    position = {s["token"]: i for i, s in enumerate(nusc.sample)}
+    return sorted(preds, key=lambda p: position[p.sample_token])
+
+
 def compute_metrics(
     preds: Sequence, records: Mapping[str, SampleRecord], *, nusc, eval_set: str, work: Path, dataroot: Path
 ) -> dict:
     """Planning, detection and map metrics of decoded predictions; `work` receives results_nusc.json."""
+    preds = in_vad_order(preds, nusc)
     recs = [records[p.sample_token] for p in preds]
     samples = [PlanningSample.of(r, p.plan_traj) for p, r in zip(preds, recs, strict=True)]
     out: dict = {}

@@ -343,20 +343,35 @@ def map_case(pred_vectors, pred_scores, gt_vectors, gt_labels=None) -> dict[str,
     return map_ap([pred], {"s0": list(zip(labels, gt_vectors, strict=True))})
 
 
-def test_map_ap_equals_the_official_on_the_fixture(det_map_fixture):
-    preds = [
+def fixture_map_predictions(fixture: dict) -> list[Pred]:
+    return [
         Pred(
             p["sample_token"],
             map_vectors=np.asarray(p["map_vectors"], np.float32).reshape(-1, 20, 2),
             map_scores=np.asarray(p["map_scores"], np.float32),
             map_labels=np.asarray(p["map_labels"], np.int64),
         )
-        for p in det_map_fixture["predictions"]
+        for p in fixture["predictions"]
     ]
-    gts = {
-        t: [(label, np.asarray(pts)) for label, pts in v] for t, v in det_map_fixture["gt_polylines"].items()
-    }
-    out = map_ap(preds, gts)
+
+
+def fixture_gt_polylines(fixture: dict) -> dict:
+    return {t: [(label, np.asarray(pts)) for label, pts in v] for t, v in fixture["gt_polylines"].items()}
+
+
+def test_map_ap_equals_the_official_on_the_fixture(det_map_fixture):
+    out = map_ap(fixture_map_predictions(det_map_fixture), fixture_gt_polylines(det_map_fixture))
+    for key, official in det_map_fixture["official_map"].items():
+        assert out[key] == pytest.approx(official, abs=1e-9), key
+
+
+def test_tied_map_scores_are_ranked_in_vads_sample_order(nusc, det_map_fixture):
+    # The fixture's map scores are rounded to 0.1, so many tie across samples; given in reverse, the samples
+    # are put back in the devkit's sample table order (VAD's info order) and the official APs come out.
+    from netroller.metrics.scoring import in_vad_order
+
+    preds = in_vad_order(fixture_map_predictions(det_map_fixture)[::-1], nusc)
+    out = map_ap(preds, fixture_gt_polylines(det_map_fixture))
     for key, official in det_map_fixture["official_map"].items():
         assert out[key] == pytest.approx(official, abs=1e-9), key
 
