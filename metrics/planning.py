@@ -10,8 +10,10 @@ Only samples with all 6 future keyframes (ego_fut_mask all 1, VAD's `fut_valid_f
 
 VAD computes L2 in float32 (torch tensors of the float32 trajectories, the per-sample mean a float32, the
 mean over samples a Python float sum); `plan_l2` does the same arithmetic with numpy. It agrees with the
-official figures to float32 rounding, not bit for bit: torch's float32 `sqrt` is not correctly rounded
-(measured one ulp off numpy's on some inputs), which moves a figure by about 1e-8 m.
+official figures to float32 rounding, not bit for bit: torch's CPU float32 `sqrt` (torch 2.13) is not
+correctly rounded (measured one ulp off numpy's on some inputs), which moves a figure by about 1e-8 m.
+VAD's own test moves the trajectories to the GT's device, CUDA in its runs, whose float32 `sqrt` is
+correctly rounded by default as numpy's is (a documented property, not measured here).
 The collision metrics live in `netroller.metrics.collision` (VAD's) and `...collision_exact` (ours).
 """
 

@@ -100,7 +100,7 @@ STAND_STILL = np.zeros((6, 2))
 
 def test_l2_equals_the_official_per_sample_and_aggregate_figures(planning_fixture):
     # Float32 throughout, as VAD; the fixture's torch-on-CPU sqrt is up to one ulp off the correctly rounded
-    # one numpy (and CUDA, where VAD's test runs) computes: 1e-7 relative per sample.
+    # one numpy computes: 1e-7 relative per sample.
     samples = [fixture_sample(c["inputs"]) for c in planning_fixture["cases"]]
     for case, s in zip(planning_fixture["cases"], samples, strict=True):
         if case["official"]["fut_valid_flag"]:
