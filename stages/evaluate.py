@@ -51,8 +51,6 @@ class EvalConfig:
     """Index split to evaluate (nuScenes val for parity with the paper)."""
     out_name: str = "eval"
     """Name of the output folder inside the run (variants such as eval-lag3 sit beside it)."""
-    batch_size: int = 4
-    """Samples per forward pass."""
     max_samples: int | None = None
     """Evaluate only the first N samples of the split (None: all)."""
     device: str = "cpu"
@@ -79,8 +77,6 @@ class EvalConfig:
             raise ConfigError(f"EvalConfig.split must be 'train' or 'val', got {self.split!r}")
         if not self.out_name or "/" in self.out_name or self.out_name.startswith("."):
             raise ConfigError(f"EvalConfig.out_name must be a plain folder name, got {self.out_name!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"EvalConfig.batch_size must be a positive integer, got {self.batch_size!r}")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ConfigError(
                 f"EvalConfig.max_samples must be a positive integer or None, got {self.max_samples!r}"

@@ -26,7 +26,7 @@ def tiny_run(index_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(tiny_run, index_path):
     """One evaluation of 3 val samples, 1 plotted."""
-    return evaluate(EvalConfig(run=tiny_run, index=index_path, max_samples=3, batch_size=3, num_plots=1))
+    return evaluate(EvalConfig(run=tiny_run, index=index_path, max_samples=3, num_plots=1))
 
 
 def test_evaluate_writes_every_output_into_the_eval_folder(evaluated, tiny_run):
