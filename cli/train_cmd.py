@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from netroller.models.vad_next.config import RECIPES
+from netroller.models.vad.config import RECIPES
 
 _EPILOG = """\
 Examples:

@@ -29,11 +29,11 @@ from netroller.data.history import history_positions
 from netroller.data.index import Index, SampleRecord
 from netroller.data.vad_images import load_vad_camera_inputs
 from netroller.errors import DataError
-from netroller.models.vad_next.batch import Batch, VADInputs
-from netroller.models.vad_next.config import VADConfig
-from netroller.models.vad_next.detector import CameraFrame
-from netroller.models.vad_next.map_targets import MapGT, prepare_map_gt
-from netroller.models.vad_next.targets import VADTargets
+from netroller.models.vad.batch import Batch, VADInputs
+from netroller.models.vad.config import VADConfig
+from netroller.models.vad.detector import CameraFrame
+from netroller.models.vad.map_targets import MapGT, prepare_map_gt
+from netroller.models.vad.targets import VADTargets
 
 
 @dataclass

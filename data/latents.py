@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from netroller.data.index import Index, SampleRecord
 from netroller.errors import ConfigError
-from netroller.models.vad_next.batch import Batch, LatentInputs
+from netroller.models.vad.batch import Batch, LatentInputs
 
 
 class LatentSource(Protocol):

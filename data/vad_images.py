@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from netroller.errors import ConfigError, DataError, MissingPathError
-from netroller.models.vad_next.config import IMG_MEAN, IMG_STD
+from netroller.models.vad.config import IMG_MEAN, IMG_STD
 
 SIZE_DIVISOR = 32
 

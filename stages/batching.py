@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from netroller.models.vad_next.losses import LossTerm
+from netroller.models.vad.losses import LossTerm
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

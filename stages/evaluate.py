@@ -111,7 +111,7 @@ def predict(
     """
     from netroller.data.dataset import SampleDataset, collate
     from netroller.data.latents import LatentCollate, LatentDataset, latent_sources
-    from netroller.models.vad_next.predictions import decode
+    from netroller.models.vad.predictions import decode
 
     dataset = SampleDataset(
         index, cfg.split, vad=vad_cfg, train=False, dataroot=dataroot, max_samples=cfg.max_samples

@@ -31,8 +31,8 @@ from netroller.data.latents import (
 )
 from netroller.errors import CacheKeyMismatchError, ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
-from netroller.models.vad_next.config import recipe
-from netroller.models.vad_next.detector import VAD
+from netroller.models.vad.config import recipe
+from netroller.models.vad.detector import VAD
 from netroller.pipeline.ddp import current_group
 from netroller.stages.run_dir import load_weights, split_weights
 from netroller.stages.train import (

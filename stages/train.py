@@ -40,11 +40,11 @@ from tqdm import tqdm
 from netroller.data.dataset import SampleDataset, collate
 from netroller.data.index import Index, read_index
 from netroller.errors import ConfigError, ModelError
-from netroller.models.vad_next.batch import Batch
-from netroller.models.vad_next.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
-from netroller.models.vad_next.detector import VAD
-from netroller.models.vad_next.losses import vad_losses
-from netroller.models.vad_next.perception_transformer import BevShift
+from netroller.models.vad.batch import Batch
+from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
+from netroller.models.vad.detector import VAD
+from netroller.models.vad.losses import vad_losses
+from netroller.models.vad.perception_transformer import BevShift
 from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group, launch
 from netroller.stages.batching import epoch_generator, global_batches, global_loss, rank_share
 from netroller.stages.run_dir import (

@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from netroller.data.index import file_hash
 from netroller.errors import ConfigError
-from netroller.models.vad_next.checkpoint import check_weights, read_checkpoint
-from netroller.models.vad_next.config import config_to_dict, recipe
-from netroller.models.vad_next.detector import VAD, count_parameters
+from netroller.models.vad.checkpoint import check_weights, read_checkpoint
+from netroller.models.vad.config import config_to_dict, recipe
+from netroller.models.vad.detector import VAD, count_parameters
 from netroller.stages.run_dir import IMPORT_RECORD
 from netroller.storage.atomic import atomic_path, write_json_atomic
 

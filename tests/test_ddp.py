@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from netroller.cli.main import main
 from netroller.data.dataset import collate
 from netroller.errors import ConfigError
-from netroller.models.vad_next.config import recipe
-from netroller.models.vad_next.detector import VAD
-from netroller.models.vad_next.losses import vad_losses
+from netroller.models.vad.config import recipe
+from netroller.models.vad.detector import VAD
+from netroller.models.vad.losses import vad_losses
 from netroller.stages.batching import global_batches, global_loss, rank_share
 from netroller.stages.run_dir import read_metrics
 from netroller.stages.train import TrainConfig, build_dataset, make_loader, train

@@ -104,7 +104,7 @@ def test_missing_run_is_refused(index_path, tmp_path):
 
 
 def test_run_whose_weights_belong_to_another_recipe_is_refused(tiny_run, index_path, tmp_path):
-    from netroller.models.vad_next.config import config_to_dict, vad_tiny
+    from netroller.models.vad.config import config_to_dict, vad_tiny
 
     run = shutil.copytree(tiny_run, tmp_path / "mixed", ignore=shutil.ignore_patterns("eval*"))
     (run / "model_config.json").write_text(json.dumps(config_to_dict(vad_tiny())))

@@ -123,7 +123,7 @@ def test_harvest_ledgers_damaged_images_and_cache_info_counts_them(damaged):
 
 def test_dataset_leaves_out_samples_with_unreadable_images_naming_each(damaged):
     from netroller.data.dataset import SampleDataset
-    from netroller.models.vad_next.config import debug
+    from netroller.models.vad.config import debug
 
     ds = SampleDataset(read_index(damaged["index"]), "val", vad=debug(), train=False)
     reasons = dict(ds.unreadable)
@@ -136,7 +136,7 @@ def test_dataset_leaves_out_samples_with_unreadable_images_naming_each(damaged):
 def test_all_unreadable_split_is_one_clear_error(damaged, tmp_path):
     from netroller.data.dataset import SampleDataset
     from netroller.errors import DataError
-    from netroller.models.vad_next.config import debug
+    from netroller.models.vad.config import debug
 
     with pytest.raises(DataError, match="no sample of split 'val' has readable camera images, e.g. camera"):
         SampleDataset(read_index(damaged["index"]), "val", vad=debug(), train=False, dataroot=tmp_path)

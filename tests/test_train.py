@@ -13,8 +13,8 @@ from netroller.cli.main import main
 from netroller.data.dataset import SampleDataset, collate
 from netroller.data.index import read_index
 from netroller.errors import ConfigError, ModelError
-from netroller.models.vad_next.config import config_to_dict, vad_tiny
-from netroller.models.vad_next.predictions import plan_positions
+from netroller.models.vad.config import config_to_dict, vad_tiny
+from netroller.models.vad.predictions import plan_positions
 from netroller.stages.run_dir import read_metrics
 from netroller.stages.train import TrainConfig, TrainHooks, load_run, train
 

@@ -22,7 +22,7 @@ from netroller.data.vad_images import (
     vad_camera_inputs,
 )
 from netroller.errors import ConfigError, DataError, MissingPathError
-from netroller.models.vad_next.config import IMG_MEAN, IMG_STD
+from netroller.models.vad.config import IMG_MEAN, IMG_STD
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vad"
 IMAGE = FIXTURES / "image_pipeline_input.png"

@@ -1,1 +1,0 @@
-"""The specialized model (SM): a compact VAD in plain PyTorch."""

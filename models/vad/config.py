@@ -1,7 +1,9 @@
-"""VAD's configuration and its named recipes.
+"""VAD's configuration and its named recipes, with the values of the official configs
+(`VAD_tiny_e2e.py`, `VAD_base_e2e.py`).
 
-`debug()` is the CPU-small model used by tests and the embedded pipeline; `vad_tiny()` and `vad_base()` carry
-the published VAD dimensions (DESIGN.md §6). Variants call a base recipe and `dataclasses.replace` a few fields.
+`vad_tiny()` and `vad_base()` build the released models; `debug()` is a small configuration of the same
+modules for tests and the embedded pipeline. Variants call a base recipe and `dataclasses.replace` a few
+fields.
 """
 
 from __future__ import annotations
@@ -10,197 +12,205 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from netroller.data.index import DETECTION_CLASSES, FUT_STEPS, MAP_CLASSES, MAP_POINTS
 from netroller.errors import ConfigError
 
-# VAD's perception range: x lateral [-15, 15] m, y longitudinal [-30, 30] m, z [-2, 2] m.
+# VAD's perception range: x lateral [-15, 15] m, y longitudinal [-30, 30] m, z [-2, 2] m (lidar frame).
 VAD_PC_RANGE = (-15.0, -30.0, -2.0, 15.0, 30.0, 2.0)
-# The height range the BEV pillars' reference points span (VAD's `pc_range` z is [-5, 3] for the
-# encoder's pillars; we keep the detection z range, which covers every annotated box centre).
-NUSCENES_SIZE = (1600, 900)
+# The NMS-free coders keep boxes whose centres fall inside these (x, y, z) bounds.
+VAD_POST_CENTER_RANGE = (-20.0, -35.0, -10.0, 20.0, 35.0, 10.0)
+# ImageNet statistics in RGB order, on 0-255 pixels (`img_norm_cfg`, to_rgb=True).
+IMG_MEAN = (123.675, 116.28, 103.53)
+IMG_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True, kw_only=True)
 class VADConfig:
-    """Every size and weight of the compact VAD; the model, dataset and losses read it."""
+    """Every size and weight of VAD; the modules, the image pipeline and the losses read it."""
 
+    # Images and backbone.
+    image_scale: float = 0.4
+    """Factor the 1600x900 camera images are scaled by before padding to a multiple of 32."""
+    resnet_depth: int = 50
+    """ResNet depth (18, 34, 50 or 101) in mmdet's layout."""
+    resnet_base_channels: int = 64
+    """Width of the ResNet stem (64 in the released nets; each stage doubles it)."""
+    resnet_out_indices: tuple[int, ...] = (3,)
+    """Backbone stages fed to the FPN (0 = C2 ... 3 = C5)."""
+    num_levels: int = 1
+    """FPN output levels (the extra ones are made on the last output, 'on_output')."""
+    use_grid_mask: bool = True
+    """GridMask augmentation of the images in training."""
+    # Widths.
     embed_dims: int = 256
     """C: width of every query and feature token."""
     ffn_dims: int = 512
-    """Hidden width of each transformer feed-forward block."""
+    """Hidden width of every transformer feed-forward block."""
     num_heads: int = 8
-    """Attention heads (embed_dims must divide by it)."""
+    """Heads of every multi-head attention."""
     dropout: float = 0.1
-    """Dropout inside attention/FFN blocks."""
+    """Dropout inside attention and FFN blocks."""
+    num_cams: int = 6
+    """Cameras per sample."""
+    # BEV encoder.
     bev_h: int = 100
     """BEV rows, along y (longitudinal, 60 m)."""
     bev_w: int = 100
     """BEV columns, along x (lateral, 30 m)."""
     pc_range: tuple[float, float, float, float, float, float] = VAD_PC_RANGE
     """x_min, y_min, z_min, x_max, y_max, z_max in metres, lidar frame."""
-    image_size: tuple[int, int] = (640, 360)
-    """(width, height) every camera image is resized to."""
-    backbone_widths: tuple[int, ...] = (64, 128, 256, 512)
-    """Channels of the ResNet-style stages (the first stage follows a stride-4 stem; each next halves)."""
-    backbone_blocks: tuple[int, ...] = (2, 2, 2, 2)
-    """Residual blocks per stage."""
-    neck_levels: int = 2
-    """How many of the last backbone stages the FPN-style neck merges into its single output level."""
     encoder_layers: int = 3
-    """BEV encoder layers (self-attention + spatial cross-attention + FFN)."""
+    """BEV encoder layers (temporal self-attention, spatial cross-attention, FFN)."""
+    pillar_points: int = 4
+    """Reference heights per BEV pillar in the spatial cross-attention."""
+    sca_points: int = 8
+    """Sampling points per head and level of the spatial cross-attention (MSDeformableAttention3D)."""
+    tsa_points: int = 4
+    """Sampling points per head of the temporal self-attention."""
+    rotate_center: tuple[float, float] = (100.0, 100.0)
+    """BEV pixel (x, y) the previous BEV is turned about by the ego's yaw change (the official value for
+    both presets: the middle of VAD-Base's 200x200 BEV, a corner of VAD-Tiny's 100x100)."""
+    queue_length: int = 3
+    """Frames per training sample: the current one and `queue_length - 1` earlier ones for the previous BEV."""
+    # Decoders.
     det_layers: int = 3
-    """Agent (detection/motion) decoder layers."""
+    """Detection decoder layers."""
     map_layers: int = 3
     """Map decoder layers."""
-    pillar_points: int = 4
-    """Reference points per BEV pillar at evenly spaced heights (VAD: 4)."""
-    sampling_points: int = 4
-    """Points each query samples per head in the deformable attentions (BEV self-attention, decoders)."""
-    num_agent_queries: int = 300
-    """Agent queries; each predicts one box, its class and its future."""
-    num_map_vectors: int = 100
+    decoder_points: int = 4
+    """Sampling points per head of the decoders' deformable cross-attention."""
+    num_query: int = 300
+    """Agent queries; each predicts one box, its class and its futures."""
+    num_classes: int = 10
+    """Detection classes."""
+    map_num_vec: int = 100
     """Map instance queries."""
-    map_points: int = MAP_POINTS
+    map_num_pts: int = 20
     """Points per map vector."""
-    fut_steps: int = FUT_STEPS
+    map_num_classes: int = 3
+    """Map classes: divider, ped_crossing, boundary."""
+    # Motion and planning.
+    fut_ts: int = 6
     """Future steps (0.5 s each) of agents and ego."""
-    fut_modes: int = 6
+    fut_mode: int = 6
     """Agent motion modes."""
-    ego_modes: int = 3
+    ego_fut_mode: int = 3
     """Planning modes, one per driving command."""
-    num_det_classes: int = len(DETECTION_CLASSES)
-    """Detection classes (DETECTION_CLASSES)."""
-    num_map_classes: int = len(MAP_CLASSES)
-    """Map classes (MAP_CLASSES)."""
-    # Loss weights (VAD's config values where it has them).
+    map_thresh: float = 0.5
+    """Map score below which an instance is left out of the motion head's agent-map attention."""
+    dis_thresh: float = 0.2
+    """Normalised distance beyond which a map instance is left out of an agent's attention."""
+    query_thresh: float = 0.0
+    """Score below which agents and map instances are left out of the ego interactions."""
+    max_boxes: int = 100
+    """Boxes the NMS-free coder keeps per sample."""
+    max_map: int = 50
+    """Map vectors the NMS-free map coder keeps per sample."""
+    # Loss weights (the official config's).
     w_cls: float = 2.0
-    """Detection focal classification weight."""
-    w_box: float = 0.25
-    """Detection box L1 weight."""
-    w_motion_reg: float = 0.2
-    """Agent future min-over-modes L1 weight."""
-    w_motion_cls: float = 0.2
-    """Agent motion mode classification weight."""
-    w_map_cls: float = 0.8
-    """Map class focal weight."""
+    w_bbox: float = 0.25
+    w_traj: float = 0.2
+    w_traj_cls: float = 0.2
+    w_map_cls: float = 2.0
     w_map_pts: float = 1.0
-    """Map points L1 weight (normalized coordinates)."""
+    w_map_dir: float = 0.005
     w_plan_reg: float = 1.0
-    """Planning L1 weight."""
-    w_plan_col: float = 1.0
-    """Ego-agent collision constraint weight."""
     w_plan_bound: float = 1.0
-    """Ego-boundary constraint weight."""
+    w_plan_col: float = 1.0
     w_plan_dir: float = 0.5
-    """Ego-lane direction constraint weight."""
-    col_distance: float = 2.0
-    """Metres: planned points nearer than this to a GT agent's future position are penalised."""
-    bound_margin: float = 1.0
-    """Metres: planned points nearer than this to a boundary vector are penalised."""
-    dir_distance: float = 2.0
-    """Metres: the direction loss applies where a lane divider lies within this distance."""
+    plan_bound_dis_thresh: float = 1.0
+    """Metres: the map-boundary constraint acts on planned points nearer than this to a boundary."""
 
     def __post_init__(self) -> None:
         positive = (
-            "embed_dims",
-            "ffn_dims",
-            "num_heads",
-            "bev_h",
-            "bev_w",
-            "encoder_layers",
-            "det_layers",
-            "map_layers",
-            "pillar_points",
-            "sampling_points",
-            "num_agent_queries",
-            "num_map_vectors",
-            "map_points",
-            "fut_steps",
-            "fut_modes",
-            "ego_modes",
-            "num_det_classes",
-            "num_map_classes",
-        )
+            "resnet_depth", "resnet_base_channels", "num_levels", "embed_dims", "ffn_dims", "num_heads", "num_cams", "bev_h",
+            "bev_w", "encoder_layers", "pillar_points", "sca_points", "tsa_points", "queue_length",
+            "det_layers", "map_layers", "decoder_points", "num_query", "num_classes", "map_num_vec",
+            "map_num_pts", "map_num_classes", "fut_ts", "fut_mode", "ego_fut_mode", "max_boxes", "max_map",
+        )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"VADConfig.{name} must be a positive integer, got {value!r}")
+        if self.resnet_depth not in (18, 34, 50, 101):
+            raise ConfigError(f"VADConfig.resnet_depth must be 18, 34, 50 or 101, got {self.resnet_depth!r}")
         if self.embed_dims % self.num_heads:
             raise ConfigError(
                 f"VADConfig.embed_dims ({self.embed_dims}) must divide by num_heads ({self.num_heads})"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"VADConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.image_scale <= 1.0:
+            raise ConfigError(f"VADConfig.image_scale must be in (0, 1], got {self.image_scale!r}")
+        if not self.resnet_out_indices or any(not 0 <= i <= 3 for i in self.resnet_out_indices):
+            raise ConfigError(
+                f"VADConfig.resnet_out_indices must be stage numbers in 0..3, got {self.resnet_out_indices!r}"
+            )
+        if self.num_levels < len(self.resnet_out_indices):
+            raise ConfigError(
+                f"VADConfig.num_levels ({self.num_levels}) must be >= the {len(self.resnet_out_indices)} "
+                "backbone stages fed to the FPN"
+            )
         if len(self.pc_range) != 6 or any(self.pc_range[i] >= self.pc_range[i + 3] for i in range(3)):
             raise ConfigError(
                 f"VADConfig.pc_range must be (xmin, ymin, zmin, xmax, ymax, zmax), got {self.pc_range!r}"
             )
-        if len(self.image_size) != 2 or min(self.image_size) < 32:
-            raise ConfigError(
-                f"VADConfig.image_size must be (width, height), each >= 32, got {self.image_size!r}"
-            )
-        if len(self.backbone_widths) != len(self.backbone_blocks) or not self.backbone_widths:
-            raise ConfigError(
-                f"VADConfig.backbone_blocks {self.backbone_blocks!r} must have one entry per backbone_widths "
-                f"{self.backbone_widths!r}"
-            )
-        if not 1 <= self.neck_levels <= len(self.backbone_widths):
-            raise ConfigError(
-                f"VADConfig.neck_levels must be in [1, {len(self.backbone_widths)}], got {self.neck_levels!r}"
-            )
-        for name in ("col_distance", "bound_margin", "dir_distance"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"VADConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
     @property
-    def head_dims(self) -> int:
-        return self.embed_dims // self.num_heads
+    def real_w(self) -> float:
+        """Metres the BEV spans along x."""
+        return self.pc_range[3] - self.pc_range[0]
 
-
-def scaled_image(scale: float) -> tuple[int, int]:
-    """nuScenes' 1600x900 scaled by `scale`, rounded to a multiple of 32 (the backbone's stride)."""
-    w, h = NUSCENES_SIZE
-    return (max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32))
+    @property
+    def real_h(self) -> float:
+        """Metres the BEV spans along y."""
+        return self.pc_range[4] - self.pc_range[1]
 
 
 def vad_tiny() -> VADConfig:
-    """VAD-Tiny: BEV 100x100, 3/3/3 layers, image scale 0.4 (640x352)."""
-    return VADConfig(image_size=scaled_image(0.4))
+    """VAD-Tiny (`VAD_tiny_e2e.py`): ResNet-50 C5 + 1-level FPN, BEV 100x100, 3/3/3 layers, scale 0.4."""
+    return VADConfig()
 
 
 def vad_base() -> VADConfig:
-    """VAD-Base: BEV 200x200, 6/6/6 layers, image scale 0.8 (1280x736)."""
+    """VAD-Base (`VAD_base_e2e.py`): ResNet-50 C3-C5 + 4-level FPN, BEV 200x200, 6/6/6 layers, scale 0.8,
+    queue of 4."""
     return dataclasses.replace(
         vad_tiny(),
+        image_scale=0.8,
+        resnet_out_indices=(1, 2, 3),
+        num_levels=4,
         bev_h=200,
         bev_w=200,
+        queue_length=4,
         encoder_layers=6,
         det_layers=6,
         map_layers=6,
-        image_size=scaled_image(0.8),
     )
 
 
 def debug() -> VADConfig:
-    """CPU-small: BEV 20x10 (3 m cells), 1 layer each, 128x72 images, a few queries; seconds per step."""
+    """The same modules, CPU-small: a quarter-width ResNet-18, BEV 20x10, 1 layer each, few queries. No
+    GridMask: its one mask per batch is drawn per worker, and the debug recipe is what the tests compare
+    one-worker and multi-worker training with."""
     return dataclasses.replace(
         vad_tiny(),
+        use_grid_mask=False,
+        image_scale=0.1,
+        resnet_depth=18,
+        resnet_base_channels=16,
         embed_dims=64,
         ffn_dims=128,
         num_heads=4,
         dropout=0.0,
         bev_h=20,
         bev_w=10,
-        image_size=(128, 72),
-        backbone_widths=(16, 32, 64),
-        backbone_blocks=(1, 1, 1),
         encoder_layers=1,
         det_layers=1,
         map_layers=1,
-        pillar_points=4,
-        sampling_points=4,
-        num_agent_queries=30,
-        num_map_vectors=20,
+        num_query=30,
+        map_num_vec=10,
+        rotate_center=(5.0, 10.0),
+        queue_length=2,
     )
 
 
@@ -223,5 +233,5 @@ def config_from_dict(d: dict) -> VADConfig:
     names = {f.name for f in dataclasses.fields(VADConfig)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"VADConfig has no field(s) {', '.join(unknown)}")
+        raise ConfigError(f"VADConfig has no field(s) {', '.join(unknown)} (a run of an older netroller?)")
     return VADConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
