@@ -15,7 +15,6 @@ queries move x, y only. The moved points are detached before the next layer read
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from netroller.errors import ConfigError
 from netroller.models.vad.config import VADConfig
 from netroller.models.vad.layer import DecoderLayer, MultiheadAttention, Op, inverse_sigmoid
-from netroller.models.vad.ms_deform_attn import multi_scale_deformable_attn
+from netroller.models.vad.ms_deform_attn import init_deformable_attention, multi_scale_deformable_attn
 
 DEFORMABLE_ORDER: tuple[Op, ...] = ("self_attn", "norm", "cross_attn", "norm", "ffn", "norm")
 INTERACTION_ORDER: tuple[Op, ...] = ("cross_attn", "norm", "ffn", "norm")
@@ -98,19 +97,10 @@ class CustomMSDeformableAttention(nn.Module):
         """The official start: zero offset weights with biases that put each head's points on a ray in its
         own direction (point k at k+1 cells, the ray's larger coordinate 1), uniform attention weights,
         Xavier projections."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # [nh, 2]
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
-        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for proj in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        init_deformable_attention(
+            self.sampling_offsets, self.attention_weights, (self.value_proj, self.output_proj),
+            num_heads=self.num_heads, num_groups=self.num_levels, num_points=self.num_points,
+        )  # fmt: skip
 
     def forward(
         self,

@@ -63,3 +63,22 @@ def init_sampling_offsets(linear: nn.Linear, num_heads: int, num_groups: int, nu
     grid = grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
     with torch.no_grad():
         linear.bias.copy_(grid.view(-1))
+
+
+def init_deformable_attention(
+    sampling_offsets: nn.Linear,
+    attention_weights: nn.Linear,
+    projections: tuple[nn.Linear, ...],
+    *,
+    num_heads: int,
+    num_groups: int,
+    num_points: int,
+) -> None:
+    """The official start of a deformable attention: ray offsets per head (`init_sampling_offsets`), zero
+    attention logits (uniform weights after the softmax), Xavier-uniform projections with zero biases."""
+    init_sampling_offsets(sampling_offsets, num_heads, num_groups, num_points)
+    nn.init.zeros_(attention_weights.weight)
+    nn.init.zeros_(attention_weights.bias)
+    for proj in projections:
+        nn.init.xavier_uniform_(proj.weight)
+        nn.init.zeros_(proj.bias)

@@ -219,35 +219,49 @@ class PerceptionTransformer(nn.Module):
         # The decoders are sequence-first: [Nq, B, C].
         query, query_pos = query.permute(1, 0, 2), query_pos.permute(1, 0, 2)
         map_query, map_query_pos = map_query.permute(1, 0, 2), map_query_pos.permute(1, 0, 2)
-        if self.decoder is not None:
-            hs, inter_references = self.decoder(
-                query=query,
-                key=None,
-                value=bev_embed,
-                query_pos=query_pos,
-                reference_points=init_reference,
-                reg_branches=reg_branches,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-            )
-        else:
-            hs, inter_references = query.unsqueeze(0), init_reference.unsqueeze(0)
-        if self.map_decoder is not None:
-            map_hs, map_inter_references = self.map_decoder(
-                query=map_query,
-                key=None,
-                value=bev_embed,
-                query_pos=map_query_pos,
-                reference_points=map_init_reference,
-                reg_branches=map_reg_branches,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-            )
-        else:
-            map_hs, map_inter_references = map_query.unsqueeze(0), map_init_reference.unsqueeze(0)
+        hs, inter_references = _decode(
+            self.decoder,
+            query,
+            query_pos,
+            init_reference,
+            reg_branches,
+            bev_embed,
+            spatial_shapes,
+            level_start_index,
+        )
+        map_hs, map_inter_references = _decode(
+            self.map_decoder, map_query, map_query_pos, map_init_reference, map_reg_branches, bev_embed,
+            spatial_shapes, level_start_index,
+        )  # fmt: skip
         return (
             bev_embed, hs, init_reference, inter_references, map_hs, map_init_reference, map_inter_references,
         )  # fmt: skip
+
+
+def _decode(
+    decoder: nn.Module | None,
+    query: Tensor,  # [Nq, B, C]
+    query_pos: Tensor,  # [Nq, B, C]
+    reference: Tensor,  # [B, Nq, 2 or 3] in [0, 1]
+    reg_branches: nn.ModuleList | None,
+    bev_embed: Tensor,  # [HW, B, C]
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """(states [L, Nq, B, C], references [L, B, Nq, .]) of one decoder over the BEV; without a decoder, the
+    queries and their first references as a single layer."""
+    if decoder is None:
+        return query.unsqueeze(0), reference.unsqueeze(0)
+    return decoder(
+        query=query,
+        key=None,
+        value=bev_embed,
+        query_pos=query_pos,
+        reference_points=reference,
+        reg_branches=reg_branches,
+        spatial_shapes=spatial_shapes,
+        level_start_index=level_start_index,
+    )
 
 
 def build_perception_transformer(cfg: VADConfig) -> PerceptionTransformer:

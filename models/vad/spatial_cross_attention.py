@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from netroller.models.vad.ms_deform_attn import init_sampling_offsets, multi_scale_deformable_attn
+from netroller.models.vad.ms_deform_attn import init_deformable_attention, multi_scale_deformable_attn
 
 
 class MSDeformableAttention3D(nn.Module):
@@ -37,11 +37,10 @@ class MSDeformableAttention3D(nn.Module):
 
     def init_weights(self) -> None:
         """The official start: ray offsets per head, uniform attention weights, Xavier value projection."""
-        init_sampling_offsets(self.sampling_offsets, self.num_heads, self.num_levels, self.num_points)
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
+        init_deformable_attention(
+            self.sampling_offsets, self.attention_weights, (self.value_proj,),
+            num_heads=self.num_heads, num_groups=self.num_levels, num_points=self.num_points,
+        )  # fmt: skip
 
     def forward(
         self,

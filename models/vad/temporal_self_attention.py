@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from netroller.models.vad.ms_deform_attn import init_sampling_offsets, multi_scale_deformable_attn
+from netroller.models.vad.ms_deform_attn import init_deformable_attention, multi_scale_deformable_attn
 
 NUM_BEV_QUEUE = 2
 """BEV frames read: the previous one and the current one (the official module asserts two)."""
@@ -46,14 +46,10 @@ class TemporalSelfAttention(nn.Module):
 
     def init_weights(self) -> None:
         """The official start: ray offsets per head, uniform attention weights, Xavier projections."""
-        init_sampling_offsets(
-            self.sampling_offsets, self.num_heads, self.num_levels * NUM_BEV_QUEUE, self.num_points
-        )
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for proj in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        init_deformable_attention(
+            self.sampling_offsets, self.attention_weights, (self.value_proj, self.output_proj),
+            num_heads=self.num_heads, num_groups=self.num_levels * NUM_BEV_QUEUE, num_points=self.num_points,
+        )  # fmt: skip
 
     def forward(
         self,
