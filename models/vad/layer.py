@@ -21,6 +21,22 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+NUM_REG_FCS = 2  # hidden layers of every prediction branch (the official `num_reg_fcs`)
+
+
+def mlp_branch(in_dims: int, out_dims: int, norm: bool) -> nn.Sequential:
+    """A prediction branch of VAD's head: NUM_REG_FCS hidden layers (Linear [-> LayerNorm] -> ReLU) and an
+    output Linear, so the Linear indices are 0, 3, 6 with norms (classification) and 0, 2, 4 without."""
+    layers: list[nn.Module] = []
+    for _ in range(NUM_REG_FCS):
+        layers.append(nn.Linear(in_dims, in_dims))
+        if norm:
+            layers.append(nn.LayerNorm(in_dims))
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Linear(in_dims, out_dims))
+    return nn.Sequential(*layers)
+
+
 class FFN(nn.Module):
     """Linear -> ReLU -> Dropout -> Linear -> Dropout, plus the identity (mmcv's two-layer FFN).
 

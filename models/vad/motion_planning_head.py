@@ -28,10 +28,9 @@ from torch import Tensor, nn
 from netroller.errors import ConfigError
 from netroller.models.vad.config import VADConfig
 from netroller.models.vad.decoders import build_interaction_decoder
-from netroller.models.vad.layer import HeadPart
+from netroller.models.vad.layer import HeadPart, mlp_branch
 
 # Hidden Linear layers of the trajectory, trajectory-score and planning branches (`num_reg_fcs`).
-NUM_REG_FCS = 2
 # Layers of the lane encoder (`LaneNet(..., num_subgraph_layers=3)`).
 LANE_ENCODER_LAYERS = 3
 # Prior probability the mode-score branch starts at (its sigmoid focal loss's bias init).
@@ -139,19 +138,6 @@ def map_keys_per_mode(
     return keys, rel, mask
 
 
-def _mlp_branch(in_dims: int, out_dims: int, norm: bool) -> nn.Sequential:
-    """NUM_REG_FCS hidden layers (Linear [-> LayerNorm] -> ReLU) and an output Linear, as the official
-    branches (so the Linear indices are 0, 2, 4 without norms and 0, 3, 6 with them)."""
-    layers: list[nn.Module] = []
-    for _ in range(NUM_REG_FCS):
-        layers.append(nn.Linear(in_dims, in_dims))
-        if norm:
-            layers.append(nn.LayerNorm(in_dims))
-        layers.append(nn.ReLU(inplace=True))
-    layers.append(nn.Linear(in_dims, out_dims))
-    return nn.Sequential(*layers)
-
-
 class MotionPlanningHead(HeadPart):
     """Agent futures and the ego plan from the decoders' last-layer agent and map queries."""
 
@@ -167,9 +153,9 @@ class MotionPlanningHead(HeadPart):
         self.dis_thresh = cfg.dis_thresh
         self.query_thresh = cfg.query_thresh
         # Names and order of the official `_init_layers`. One motion layer, hence one branch each.
-        self.traj_branches = nn.ModuleList([_mlp_branch(2 * c, cfg.fut_ts * 2, norm=False)])
+        self.traj_branches = nn.ModuleList([mlp_branch(2 * c, cfg.fut_ts * 2, norm=False)])
         # One sigmoid logit per mode.
-        self.traj_cls_branches = nn.ModuleList([_mlp_branch(2 * c, 1, norm=True)])
+        self.traj_cls_branches = nn.ModuleList([mlp_branch(2 * c, 1, norm=True)])
         self.motion_decoder = build_interaction_decoder(cfg)
         self.motion_mode_query = nn.Embedding(cfg.fut_mode, c)
         self.pos_mlp_sa = nn.Linear(2, c)
@@ -182,7 +168,7 @@ class MotionPlanningHead(HeadPart):
         self.ego_agent_pos_mlp = nn.Linear(2, c)
         self.ego_map_decoder = build_interaction_decoder(cfg)
         self.ego_map_pos_mlp = nn.Linear(2, c)
-        self.ego_fut_decoder = _mlp_branch(2 * c, cfg.ego_fut_mode * cfg.fut_ts * 2, norm=False)
+        self.ego_fut_decoder = mlp_branch(2 * c, cfg.ego_fut_mode * cfg.fut_ts * 2, norm=False)
         self.agent_fus_mlp = nn.Sequential(
             nn.Linear(cfg.fut_mode * 2 * c, c), nn.LayerNorm(c), nn.ReLU(), nn.Linear(c, c)
         )

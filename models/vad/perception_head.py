@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from netroller.models.vad.config import VADConfig
-from netroller.models.vad.layer import HeadPart, inverse_sigmoid
+from netroller.models.vad.layer import HeadPart, inverse_sigmoid, mlp_branch
 from netroller.models.vad.perception_transformer import BevShift, build_perception_transformer
 from netroller.models.vad.positional import build_positional_encoding
 
@@ -36,7 +36,6 @@ CODE_SIZE = 10
 # Map regression: one normalised (x, y) per point query.
 MAP_CODE_SIZE = 2
 # Hidden Linear layers of every classification and regression branch (`num_reg_fcs`).
-NUM_REG_FCS = 2
 # Prior probability the sigmoid-focal classification branches start at.
 CLS_PRIOR = 0.01
 # The box-loss weights of the official head (velocity down-weighted), kept as checkpoint entries.
@@ -72,19 +71,6 @@ class Perception:
         return self.map_hs[-1]
 
 
-def _branch(embed_dims: int, out_dims: int, norm: bool) -> nn.Sequential:
-    """NUM_REG_FCS hidden layers (Linear [-> LayerNorm] -> ReLU) and an output Linear, as the official
-    branches: Linear indices 0, 3, 6 in the classification branches (with norms), 0, 2, 4 in the others."""
-    layers: list[nn.Module] = []
-    for _ in range(NUM_REG_FCS):
-        layers.append(nn.Linear(embed_dims, embed_dims))
-        if norm:
-            layers.append(nn.LayerNorm(embed_dims))
-        layers.append(nn.ReLU(inplace=True))
-    layers.append(nn.Linear(embed_dims, out_dims))
-    return nn.Sequential(*layers)
-
-
 def _per_layer(branch: nn.Module, num_layers: int) -> nn.ModuleList:
     """One independent copy of `branch` per decoder layer (the official deep copies: equal starts)."""
     return nn.ModuleList(copy.deepcopy(branch) for _ in range(num_layers))
@@ -105,10 +91,10 @@ class PerceptionHead(HeadPart):
         self.pc_range = cfg.pc_range
         self.map_num_vec, self.map_num_pts_per_vec = cfg.map_num_vec, cfg.map_num_pts
         self.transformer = build_perception_transformer(cfg)
-        self.cls_branches = _per_layer(_branch(c, cfg.num_classes, norm=True), cfg.det_layers)
-        self.reg_branches = _per_layer(_branch(c, CODE_SIZE, norm=False), cfg.det_layers)
-        self.map_cls_branches = _per_layer(_branch(c, cfg.map_num_classes, norm=True), cfg.map_layers)
-        self.map_reg_branches = _per_layer(_branch(c, MAP_CODE_SIZE, norm=False), cfg.map_layers)
+        self.cls_branches = _per_layer(mlp_branch(c, cfg.num_classes, norm=True), cfg.det_layers)
+        self.reg_branches = _per_layer(mlp_branch(c, CODE_SIZE, norm=False), cfg.det_layers)
+        self.map_cls_branches = _per_layer(mlp_branch(c, cfg.map_num_classes, norm=True), cfg.map_layers)
+        self.map_reg_branches = _per_layer(mlp_branch(c, MAP_CODE_SIZE, norm=False), cfg.map_layers)
         self.bev_embedding = nn.Embedding(cfg.bev_h * cfg.bev_w, c)
         # Each query embedding is (position, content), C each.
         self.query_embedding = nn.Embedding(cfg.num_query, 2 * c)
