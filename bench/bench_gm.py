@@ -7,12 +7,12 @@ Figures:
 - build_s, params, weights_bytes, vocab, prompt_tokens (of which image_tokens): the tiny GM itself.
 - preprocess_s: the processor alone (resize 6 frames, tokenize) per sample.
 - capture_s_T{1,8,32}: per-sample capture time (preprocessing included) with EOS suppressed, so the full T
-  is decoded; median over samples of the best of 4 interleaved rounds (the machine is shared: the best run
-  is the least disturbed one).
+  is decoded; median over samples of the best of `rounds` interleaved rounds (the machine is shared: the
+  best run is the least disturbed one).
 - capture_eos_s_T{8,32} and mean_length_T{8,32}: mean over samples with early stopping, as a harvest runs.
 - prefill_s and per_token_s: least-squares fit of capture_s_T = prefill_s + per_token_s * (T - 1); the split
   to scale to a 7B GM (prefill grows with prompt length x model size, each token with model size).
-- batch4_capture_s_T8: per-sample time when 4 samples share one generate call.
+- batch_capture_s_T8: per-sample time when the `samples` image sets share one generate call.
 - peak_rss_mb (getrusage), rss_mb (psutil, at the end).
 """
 
@@ -22,16 +22,40 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import psutil
 from PIL import Image
 
+from netroller.bench.rounds import check_rounds
+
 T_SWEEP = (1, 8, 32)
-SAMPLES = 4  # distinct image sets, timed after a warm-up
-REPEATS = 3  # runs of the processor and of the batched capture; the fastest counts
-ROUNDS = 4  # rounds over every (T, sample) capture; the fastest run of each counts
+
+
+@dataclass(frozen=True, kw_only=True)
+class GMBench:
+    """Sizes of the GM benchmark (`full()` is the reported run, `smoke()` the test's)."""
+
+    samples: int = 4
+    """Distinct image sets, timed after a warm-up (also the batch of the batched capture)."""
+    repeats: int = 3
+    """Runs of the processor and of the batched capture; the fastest counts."""
+    rounds: int = 4
+    """Rounds over every (T, sample) capture; the fastest run of each counts."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_rounds(f"GMBench.{f.name}", getattr(self, f.name))
+
+
+def full() -> GMBench:
+    return GMBench()
+
+
+def smoke() -> GMBench:
+    return GMBench(samples=1, repeats=1, rounds=1)
 
 
 def _cameras(seed: int) -> list[Image.Image]:
@@ -48,15 +72,15 @@ def _cameras(seed: int) -> list[Image.Image]:
     return frames
 
 
-def _best_times(capturers: dict, inputs: list, question: str) -> tuple[dict, dict]:
-    """Per (capturer key, sample): the best of ROUNDS runs, and the length it kept.
+def _best_times(capturers: dict, inputs: list, question: str, rounds: int) -> tuple[dict, dict]:
+    """Per (capturer key, sample): the best of `rounds` runs, and the length it kept.
 
     Rounds go over every capturer in turn, so a burst of load from other processes on this shared machine
     hits all of them alike instead of one T; the best run is the least disturbed one.
     """
     best: dict = {}
     lengths: dict = {}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for key, capturer in capturers.items():
             for i, images in enumerate(inputs):
                 start = time.perf_counter()
@@ -65,7 +89,7 @@ def _best_times(capturers: dict, inputs: list, question: str) -> tuple[dict, dic
     return best, lengths
 
 
-def run() -> dict:
+def run(size: GMBench | None = None) -> dict:
     import torch
     from transformers import LlavaForConditionalGeneration, LlavaProcessor  # noqa: F401  (build_s excludes import time)
 
@@ -74,6 +98,7 @@ def run() -> dict:
     from netroller.models.gm.prompts import DEFAULT_TEMPLATE, format_prompt
     from netroller.models.gm.tiny import build_tiny_gm
 
+    size = size or full()
     figures: dict = {"torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -86,10 +111,10 @@ def run() -> dict:
 
     figures["params"] = sum(p.numel() for p in gm.model.parameters())
     figures["vocab"] = len(gm.processor.tokenizer)
-    inputs = [_cameras(seed) for seed in range(SAMPLES)]
+    inputs = [_cameras(seed) for seed in range(size.samples)]
     prompt = format_prompt(DEFAULT_TEMPLATE, image_token=gm.processor.image_token, num_images=6)
     best = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(size.repeats):
         start = time.perf_counter()
         batch = gm.processor(images=inputs[0], text=prompt, return_tensors="pt")
         best = min(best, time.perf_counter() - start)
@@ -102,7 +127,7 @@ def run() -> dict:
         ("forced", t): LatentCapturer(gm, layers="all", tokens=t, stop_at_eos=False) for t in T_SWEEP
     }
     capturers |= {("eos", t): LatentCapturer(gm, layers="all", tokens=t) for t in T_SWEEP if t > 1}
-    best, lengths = _best_times(capturers, inputs, DEFAULT_TEMPLATE)
+    best, lengths = _best_times(capturers, inputs, DEFAULT_TEMPLATE, size.rounds)
     forced = {}
     for tokens in T_SWEEP:
         forced[tokens] = statistics.median(best[("forced", tokens), i] for i in range(len(inputs)))
@@ -121,19 +146,13 @@ def run() -> dict:
 
     capturer = LatentCapturer(gm, layers="all", tokens=8, stop_at_eos=False)
     best = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(size.repeats):
         start = time.perf_counter()
         capturer.capture_batch([(images, DEFAULT_TEMPLATE) for images in inputs])
         best = min(best, time.perf_counter() - start)
-    figures["batch4_capture_s_T8"] = round(best / len(inputs), 4)
+    figures["batch_capture_s_T8"] = round(best / len(inputs), 4)
 
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
     figures["stand_in"] = gm.is_random_stand_in
     return figures
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(run(), indent=2))

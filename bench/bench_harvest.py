@@ -5,12 +5,15 @@
 Figures (steady state: Ray start and model load are timed separately and excluded; the first shard of
 every run is a warm-up, not timed):
 - bare_samples_per_s: one process, no Ray, no writes: load 6 images, preprocess, generate.
-- harvest_1w_samples_per_s / harvest_2w_samples_per_s: the harvest's Ray path with 1 / 2 actors.
-- harvest_overhead_ratio = bare / 1 worker (goal <= 1.10); harvest_scaling_2w = 2 workers / 1 (goal >= 1.5).
+- harvest_1w_samples_per_s / harvest_2w_samples_per_s: the harvest's Ray path with 1 / 2 actors (one pool
+  of 2 actors; the 1-worker run dispatches to the first of them only).
+- harvest_overhead_ratio = bare / 1 worker (goal <= 1.10); harvest_scaling_2w = 2 workers / 1 (goal >= 1.5):
+  each computed per round, the three runs taking turns in an order that changes by round (`rounds.order`),
+  and reported as the median over the rounds with its min and max.
 - Every process (bare loop, actors, in-process sweep) computes on one torch thread, as each actor does.
 - seconds_per_sample_T{1,8,32}: in-process harvest cost per sample for T = 1, 8, 32 (mean length reported:
   the random GM may stop early at EOS).
-- peak_rss_mb_per_worker, bytes_per_sample (hidden states on disk, fp16), load averages before/after.
+- peak_rss_mb_per_worker, bytes_per_sample (hidden states on disk, fp16).
 """
 
 from __future__ import annotations
@@ -19,21 +22,65 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-SAMPLES = 64
-REPEATS = 3  # each throughput is the best of this many passes (the machine is shared)
-SHARD_SIZE = 8
-TOKENS = 1
+from netroller.bench.rounds import check_rounds, interleaved, per_round, spread
+
 T_SWEEP = (1, 8, 32)
-T_SWEEP_SAMPLES = 12
+WORKERS = 2  # the pool: the 2-worker run uses both actors, the 1-worker run the first
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarvestBench:
+    """Sizes of the harvest benchmark (`full()` is the reported run, `smoke()` the test's)."""
+
+    samples: int = 64
+    """Samples of the index harvested by each run."""
+    shard_size: int = 8
+    """Samples per shard (one Ray task each)."""
+    tokens: int = 1
+    """T of the throughput runs."""
+    rounds: int = 7
+    """Rounds of the three throughput runs; every ratio is their median (with min and max)."""
+    t_sweep_samples: int = 12
+    """Samples of each in-process run of the T sweep."""
+    index: Literal["synth", "jpegs"] = "synth"
+    """The throughput runs' samples: the synthetic nuScenes through `prepare`, or bare random JPEGs."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "index":
+                check_rounds(f"HarvestBench.{f.name}", getattr(self, f.name))
+        if self.index not in ("synth", "jpegs"):
+            raise ValueError(f"HarvestBench.index must be 'synth' or 'jpegs', got {self.index!r}")
+        if self.samples <= WORKERS * self.shard_size:
+            raise ValueError(
+                f"HarvestBench.samples must be more than {WORKERS} shards of {self.shard_size} (the warm-up "
+                f"shards, one per worker), got {self.samples}"
+            )
+        if self.t_sweep_samples <= self.shard_size:
+            raise ValueError(
+                f"HarvestBench.t_sweep_samples must be more than one shard of {self.shard_size} (the warm-up), "
+                f"got {self.t_sweep_samples}"
+            )
+
+
+def full() -> HarvestBench:
+    return HarvestBench()
+
+
+def smoke() -> HarvestBench:
+    """Seconds once Ray is up and the actors have loaded: 6 random-JPEG samples in shards of 2, 2 rounds."""
+    return HarvestBench(samples=6, shard_size=2, rounds=2, t_sweep_samples=4, index="jpegs")
 
 
 def _own_index(root: Path, samples: int) -> Path:
-    """A synthetic index of random 160x90 JPEG cameras (used when the synth generator is not available)."""
+    """A synthetic index of random 160x90 JPEG cameras (no scenes, maps or annotations)."""
     from netroller.data.index import CAMERAS, IndexMeta, bare_record, write_index
 
     rng = np.random.default_rng(0)
@@ -57,13 +104,13 @@ def _own_index(root: Path, samples: int) -> Path:
     return write_index(records, root / "index.parquet", IndexMeta(dataroot=str(dataroot), version="bench"))
 
 
-def _index(root: Path, samples: int) -> tuple[Path, str]:
-    """The synthetic nuScenes set through `prepare` when those modules exist, else our own JPEG index."""
-    try:
-        from netroller.data.synth import SynthConfig, generate
-        from netroller.stages.prepare import PrepareConfig, prepare
-    except ImportError:
-        return _own_index(root, samples), "generated JPEGs (synth generator not available)"
+def _index(root: Path, samples: int, kind: str) -> tuple[Path, str]:
+    """The synthetic nuScenes set through `prepare`, or our own random-JPEG index."""
+    if kind == "jpegs":
+        return _own_index(root, samples), "generated JPEGs"
+    from netroller.data.synth import SynthConfig, generate
+    from netroller.stages.prepare import PrepareConfig, prepare
+
     per_scene = 8
     synth = generate(
         SynthConfig(out=root / "nuscenes", scenes=-(-samples // per_scene), samples_per_scene=per_scene)
@@ -72,15 +119,15 @@ def _index(root: Path, samples: int) -> tuple[Path, str]:
 
 
 class _BareLoop:
-    """Load + preprocess + generate in this process: no Ray, no writes."""
+    """Load + preprocess + generate in this process: no Ray, no writes; the samples the Ray runs time."""
 
-    def __init__(self, plan) -> None:
+    def __init__(self, plan, size: HarvestBench) -> None:
         from netroller.models.gm.capture import LatentCapturer
 
         self.plan = plan
         self.capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=plan.cfg.tokens)
-        self.timed = len(plan.records) - SHARD_SIZE
-        self._pass(plan.records[:SHARD_SIZE])  # warm-up
+        self.records = plan.records[WORKERS * size.shard_size :]
+        self._pass(plan.records[: size.shard_size])  # warm-up
 
     def _pass(self, records) -> None:
         from netroller.stages.harvest import load_camera_images
@@ -91,19 +138,19 @@ class _BareLoop:
 
     def seconds(self) -> float:
         start = time.perf_counter()
-        self._pass(self.plan.records[SHARD_SIZE:])
+        self._pass(self.records)
         return time.perf_counter() - start
 
 
-class _RayRun:
-    """The harvest's Ray path with `workers` actors on its own cache; GMs loaded and warmed up once."""
+class _RayPool:
+    """The harvest's Ray path: WORKERS actors writing one cache, GMs loaded and warmed up once."""
 
-    def __init__(self, plan, root: Path, workers: int) -> None:
+    def __init__(self, plan, root: Path, size: HarvestBench) -> None:
         from netroller.pipeline.ray_harvest import RayHarvestSpec, dispatch, start_actors
         from netroller.storage.writer import CacheWriter
 
         self._dispatch = dispatch
-        self.writer = CacheWriter.create(root, plan.key, plan.manifest, SHARD_SIZE, overwrite=True)
+        self.writer = CacheWriter.create(root, plan.key, plan.manifest, size.shard_size, overwrite=True)
         work = [
             (s, [plan.records[i] for i in self.writer.shard_rows(s)]) for s in range(self.writer.num_shards)
         ]
@@ -118,16 +165,17 @@ class _RayRun:
             device="cpu",
         )
         start = time.perf_counter()
-        self.actors = start_actors(spec, workers, 0.0, None)
+        self.actors = start_actors(spec, WORKERS, 0.0, None)
         self.model_load_s = time.perf_counter() - start
-        dispatch(self.actors, work[:workers], None, lambda n: None)  # warm-up: one shard per actor
-        self.work = work[workers:]
+        dispatch(self.actors, work[:WORKERS], None, lambda n: None)  # warm-up: one shard per actor
+        self.work = work[WORKERS:]
         self.timed = sum(len(recs) for _, recs in self.work)
 
-    def seconds(self) -> float:
-        # Every pass rewrites the same shards (write_shard withdraws the commit, rewrites, commits again).
+    def seconds(self, workers: int) -> float:
+        """Harvest the timed shards with the first `workers` actors. Every pass rewrites the same shards
+        (write_shard withdraws the commit, rewrites, commits again)."""
         start = time.perf_counter()
-        self._dispatch(self.actors, self.work, None, lambda n: None)
+        self._dispatch(self.actors[:workers], self.work, None, lambda n: None)
         return time.perf_counter() - start
 
     def close(self) -> float:
@@ -141,16 +189,7 @@ class _RayRun:
         return max(rss) / 2**20
 
 
-def _interleaved(runs: dict) -> dict[str, float]:
-    """Best samples/s of each run over REPEATS rounds, the runs taking turns so load drift hits all alike."""
-    best = {name: 0.0 for name in runs}
-    for _ in range(REPEATS):
-        for name, r in runs.items():
-            best[name] = max(best[name], r.timed / r.seconds())
-    return best
-
-
-def _t_sweep(index: Path, gm_path: Path, tmp: Path) -> dict:
+def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
     """In-process harvest seconds per sample (capture + shard writes) for each T, after a warm-up shard."""
     from netroller.models.gm.capture import LatentCapturer
     from netroller.stages.harvest import HarvestConfig, harvest_shard, plan_harvest
@@ -164,13 +203,12 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path) -> dict:
             out=tmp / f"cache-T{t}",
             model=str(gm_path),
             tokens=t,
-            shard_size=SHARD_SIZE,
+            shard_size=size.shard_size,
             workers=0,
         )
         plan = plan_harvest(cfg)
-        writer = CacheWriter.create(cfg.out, plan.key, plan.manifest, SHARD_SIZE)
+        writer = CacheWriter.create(cfg.out, plan.key, plan.manifest, size.shard_size)
         capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=t)
-        lengths: list[int] = []
         with writer.lock():
             for shard in range(writer.num_shards):
                 if shard == 1:
@@ -185,7 +223,7 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path) -> dict:
     return out
 
 
-def run() -> dict:
+def run(size: HarvestBench | None = None) -> dict:
     import ray
     import torch
 
@@ -194,67 +232,76 @@ def run() -> dict:
     from netroller.stages.harvest import HarvestConfig, plan_harvest
     from netroller.storage.verify import cache_info
 
-    load_before = os.getloadavg()
+    size = size or full()
     # Every process computes on one thread (as each Ray actor does), so that the ratios compare like with like.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp_s:
-        tmp = Path(tmp_s)
-        index, source = _index(tmp / "data", SAMPLES)
-        gm_path = build_tiny_gm(tmp / "gm")
-        cfg = HarvestConfig(
-            index=index,
-            out=tmp / "cache",
-            model=str(gm_path),
-            tokens=TOKENS,
-            shard_size=SHARD_SIZE,
-            progress=False,
-        )
-        plan = plan_harvest(cfg)
-        records = plan.records
-        bare = _BareLoop(plan)
-        driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp_s:
+            tmp = Path(tmp_s)
+            index, source = _index(tmp / "data", size.samples, size.index)
+            gm_path = build_tiny_gm(tmp / "gm")
+            cfg = HarvestConfig(
+                index=index,
+                out=tmp / "cache",
+                model=str(gm_path),
+                tokens=size.tokens,
+                shard_size=size.shard_size,
+                progress=False,
+            )
+            plan = plan_harvest(cfg)
+            records = plan.records
+            bare = _BareLoop(plan, size)
+            driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-        start = time.perf_counter()
-        started = connect(None, 3)  # the 1-worker and 2-worker runs are kept alive side by side
-        ray_start_s = time.perf_counter() - start
-        try:
-            one = _RayRun(plan, tmp / "cache-1w", 1)
-            two = _RayRun(plan, tmp / "cache-2w", 2)
-            with one.writer.lock(), two.writer.lock():
-                rates = _interleaved({"bare": bare, "1w": one, "2w": two})
-            rss = max(one.close(), two.close())
-        finally:
-            if started:
-                ray.shutdown()
-        info = cache_info(tmp / "cache-1w")
-        bytes_on_disk = int(info["bytes_on_disk"])
+            start = time.perf_counter()
+            started = connect(None, WORKERS)
+            ray_start_s = time.perf_counter() - start
+            try:
+                pool = _RayPool(plan, tmp / "cache-ray", size)
+                with pool.writer.lock():
+                    seconds = interleaved(
+                        {
+                            "bare": bare.seconds,
+                            "1w": lambda: pool.seconds(1),
+                            "2w": lambda: pool.seconds(WORKERS),
+                        },
+                        size.rounds,
+                    )
+                rss = pool.close()
+            finally:
+                if started:
+                    ray.shutdown()
+            info = cache_info(tmp / "cache-ray")
+            bytes_on_disk = int(info["bytes_on_disk"])
 
-        sweep = _t_sweep(_own_index(tmp / "sweep", T_SWEEP_SAMPLES), gm_path, tmp)
-
-    torch.set_num_threads(threads)
+            sweep = _t_sweep(_own_index(tmp / "sweep", size.t_sweep_samples), gm_path, tmp, size)
+    finally:
+        torch.set_num_threads(threads)
+    timed = pool.timed
     return {
         "index": source,
         "torch_threads_per_process": 1,
         "samples": len(records),
-        "shard_size": SHARD_SIZE,
-        "tokens": TOKENS,
+        "timed_samples": timed,
+        "shard_size": size.shard_size,
+        "tokens": size.tokens,
+        "rounds": size.rounds,
         "layers": len(plan.layers),
         "hidden_size": plan.key.hidden_size,
-        "bare_samples_per_s": round(rates["bare"], 2),
-        "harvest_1w_samples_per_s": round(rates["1w"], 2),
-        "harvest_2w_samples_per_s": round(rates["2w"], 2),
-        "harvest_overhead_ratio": round(rates["bare"] / rates["1w"], 3),
-        "harvest_scaling_2w": round(rates["2w"] / rates["1w"], 3),
+        **{
+            f"{name}_samples_per_s": round(float(np.median([timed / s for s in seconds[key]])), 2)
+            for name, key in (("bare", "bare"), ("harvest_1w", "1w"), ("harvest_2w", "2w"))
+        },
+        # same samples in every run: a ratio of rates is the inverse ratio of times
+        **spread("harvest_overhead_ratio", per_round(seconds["1w"], seconds["bare"])),
+        **spread("harvest_scaling_2w", per_round(seconds["1w"], seconds["2w"])),
         "ray_start_s": round(ray_start_s, 2),
-        "model_load_s_1w": round(one.model_load_s, 2),
-        "model_load_s_2w": round(two.model_load_s, 2),
+        "model_load_s": round(pool.model_load_s, 2),
         "peak_rss_mb_per_worker": round(rss, 1),
         "peak_rss_mb_driver": round(driver_rss / 2**20, 1),
-        "bytes_per_sample": plan.bytes_per_sample,
+        "bytes_per_sample": info["bytes_per_sample"],
         "bytes_on_disk_per_sample": round(bytes_on_disk / len(records), 1) if bytes_on_disk else None,
         **sweep,
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }

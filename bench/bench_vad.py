@@ -1,58 +1,74 @@
-"""VAD speed: debug() training samples/s (CPU, batch 2), forward latency of vad-tiny and vad-base at batch 1
-(CPU, and CUDA when available). Random inputs of the right shapes; figures are medians after warm-up."""
+"""VAD speed, for the VAD that `train` and `eval` run (`models.vad`), fed by their own data path:
+batches of a small synthetic nuScenes through `SampleDataset` and `collate`, training queue included.
+
+- debug_train_samples_per_s_cpu: debug() training (batch 2, `stages.train.train_step`: forward with the
+  queue's earlier frames, VAD's losses, backward, AdamW), median step after warm-up.
+- vad_{tiny,base}_forward_s_cpu: one frame at batch 1 through `forward_test` (a scene's first frame), median
+  after one warm-up pass; CUDA figures as well when a GPU is there.
+
+    python -m netroller.bench.run vad
+"""
 
 from __future__ import annotations
 
-import math
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from netroller.models.vad.batch import Batch, VADInputs, VADTargets
+from netroller.bench.rounds import check_rounds
 from netroller.models.vad.config import VADConfig, debug, vad_base, vad_tiny
-from netroller.models.vad.losses import vad_loss
-from netroller.models.vad.model import VAD, count_parameters
+from netroller.models.vad.detector import VAD, count_parameters
 
 
-def random_batch(cfg: VADConfig, batch: int, device: str) -> Batch:
-    """Random images, 6 outward-looking pinhole cameras, a few boxes and map vectors per sample."""
-    w, h = cfg.image_size
-    g = torch.Generator().manual_seed(0)
-    l2i = torch.zeros(batch, 6, 4, 4)
-    for n in range(6):
-        yaw = n * math.pi / 3
-        rot = torch.tensor(
-            [[math.cos(yaw), -math.sin(yaw), 0.0], [0.0, 0.0, -1.0], [math.sin(yaw), math.cos(yaw), 0.0]]
-        )
-        l2i[:, n, :3, :3] = torch.tensor([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1.0]]) @ rot
-        l2i[:, n, 3, 3] = 1
-    n_box, n_map = 8, 6
-    boxes = torch.cat(
-        [
-            torch.rand(n_box, 3, generator=g) * 20 - 10,
-            torch.rand(n_box, 3, generator=g) * 3 + 1,
-            torch.rand(n_box, 3, generator=g),
-        ],
-        -1,
-    )
-    inputs = VADInputs(
-        images=torch.randn(batch, 6, 3, h, w, generator=g),
-        lidar_to_image=l2i,
-        command=torch.arange(batch) % 3,
-        ego_velocity=torch.randn(batch, 2, generator=g),
-    )
-    targets = VADTargets(
-        boxes=[boxes] * batch,
-        labels=[torch.arange(n_box) % cfg.num_det_classes] * batch,
-        agent_fut_traj=[torch.randn(n_box, cfg.fut_steps, 2, generator=g).cumsum(1)] * batch,
-        agent_fut_mask=[torch.ones(n_box, cfg.fut_steps)] * batch,
-        map_vectors=[torch.randn(n_map, cfg.map_points, 2, generator=g).cumsum(1)] * batch,
-        map_labels=[torch.arange(n_map) % cfg.num_map_classes] * batch,
-        ego_fut_traj=torch.randn(batch, cfg.fut_steps, 2, generator=g).cumsum(1),
-        ego_fut_mask=torch.ones(batch, cfg.fut_steps),
-    )
-    return Batch(inputs=inputs, targets=targets, sample_tokens=[f"s{i}" for i in range(batch)]).to(device)
+@dataclass(frozen=True, kw_only=True)
+class VADBench:
+    """What the VAD benchmark times (`full()` is the reported run, `smoke()` the test's)."""
+
+    tiny: Callable[[], VADConfig] = vad_tiny
+    """Recipe behind the `vad_tiny_*` figures."""
+    base: Callable[[], VADConfig] = vad_base
+    """Recipe behind the `vad_base_*` figures."""
+    train_steps: int = 5
+    """Timed training steps of debug() (after 2 warm-up steps)."""
+    forward_runs: int = 3
+    """Timed forward passes of vad-tiny (vad-base: one fewer, at least 1), after one warm-up."""
+
+    def __post_init__(self) -> None:
+        check_rounds("VADBench.train_steps", self.train_steps)
+        check_rounds("VADBench.forward_runs", self.forward_runs)
+
+
+def full() -> VADBench:
+    return VADBench()
+
+
+def smoke() -> VADBench:
+    """Seconds: debug() stands in for both recipes (the figures say which recipes ran)."""
+    return VADBench(tiny=debug, base=debug, train_steps=1, forward_runs=1)
+
+
+def _index(tmp: Path) -> Path:
+    """2 synthetic scenes of 4 keyframes through `prepare`: 4 training samples, with their queues."""
+    from netroller.data.synth import SynthConfig, generate
+    from netroller.stages.prepare import PrepareConfig, prepare
+
+    root = generate(SynthConfig(out=tmp / "nuscenes", scenes=2, samples_per_scene=4, seed=0))
+    return prepare(PrepareConfig(dataroot=root, version="v1.0-mini", out=tmp / "index.parquet"))
+
+
+def _batch(index: Path, cfg: VADConfig, size: int, *, train: bool):
+    """The first `size` training samples as the loader batches them for `cfg` (its image scale, queue)."""
+    from netroller.data.dataset import SampleDataset, collate
+    from netroller.data.index import read_index
+
+    dataset = SampleDataset(read_index(index), "train", vad=cfg, train=train, seed=0)
+    dataset.set_epoch(1)
+    return collate([dataset[i] for i in range(size)])
 
 
 def _sync(device: str) -> None:
@@ -61,65 +77,72 @@ def _sync(device: str) -> None:
 
 
 def train_samples_per_s(
-    cfg: VADConfig, *, batch: int = 2, warmup: int = 2, steps: int = 5, device: str = "cpu"
+    index: Path, cfg: VADConfig, *, steps: int, warmup: int = 2, device: str = "cpu"
 ) -> float:
+    from netroller.stages.train import TrainConfig, TrainHooks, build_optimizer, train_step
+
+    batch = _batch(index, cfg, 2, train=True).to(device)
+    train_cfg = TrainConfig(index=index, out=index.parent / "unused-run")
     torch.manual_seed(0)
     model = VAD(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b = random_batch(cfg, batch, device)
+    opt = build_optimizer(model, {}, train_cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     times = []
     for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
-        loss = vad_loss(model(b.inputs), b.targets, b.inputs.command, cfg)["total"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(model, batch, opt, sched, train_cfg, TrainHooks())
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch.inputs.batch_size / statistics.median(times)
 
 
 @torch.no_grad()
-def forward_latency_s(cfg: VADConfig, *, warmup: int = 1, runs: int = 3, device: str = "cpu") -> float:
+def forward_latency_s(
+    index: Path, cfg: VADConfig, *, runs: int, warmup: int = 1, device: str = "cpu"
+) -> float:
+    batch = _batch(index, cfg, 1, train=False).to(device)
     torch.manual_seed(0)
     model = VAD(cfg).to(device).eval()
-    inputs = random_batch(cfg, 1, device).inputs
     times = []
     for i in range(warmup + runs):
         _sync(device)
         t0 = time.perf_counter()
-        model(inputs)
+        model.forward_test(batch.inputs.frame, batch.inputs.scene_tokens[0], None)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def run() -> dict:
-    out = {
-        "vad_tiny_params": count_parameters(VAD(vad_tiny())),
-        "vad_base_params": count_parameters(VAD(vad_base())),
-        "debug_train_samples_per_s_cpu": round(train_samples_per_s(debug()), 3),
-        "vad_tiny_forward_s_cpu": round(forward_latency_s(vad_tiny()), 3),
-        "vad_base_forward_s_cpu": round(forward_latency_s(vad_base(), runs=2), 3),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        out["cuda_device"] = torch.cuda.get_device_name(0)
-        out["debug_train_samples_per_s_cuda"] = round(
-            train_samples_per_s(debug(), steps=10, device="cuda"), 3
-        )
-        out["vad_tiny_forward_s_cuda"] = round(forward_latency_s(vad_tiny(), runs=10, device="cuda"), 4)
-        out["vad_base_forward_s_cuda"] = round(forward_latency_s(vad_base(), runs=10, device="cuda"), 4)
-        out["vad_base_train_samples_per_s_cuda"] = round(
-            train_samples_per_s(vad_base(), batch=1, steps=5, device="cuda"), 3
-        )
+def run(size: VADBench | None = None) -> dict:
+    size = size or full()
+    base_runs = max(size.forward_runs - 1, 1)
+    with tempfile.TemporaryDirectory(prefix="bench-vad-") as tmp:
+        index = _index(Path(tmp))
+        out = {
+            "model": "models.vad",
+            "recipes": {"tiny": size.tiny.__name__, "base": size.base.__name__},
+            "vad_tiny_params": count_parameters(VAD(size.tiny())),
+            "vad_base_params": count_parameters(VAD(size.base())),
+            "debug_train_samples_per_s_cpu": round(
+                train_samples_per_s(index, debug(), steps=size.train_steps), 3
+            ),
+            "vad_tiny_forward_s_cpu": round(forward_latency_s(index, size.tiny(), runs=size.forward_runs), 3),
+            "vad_base_forward_s_cpu": round(forward_latency_s(index, size.base(), runs=base_runs), 3),
+            "cpu_threads": torch.get_num_threads(),
+        }
+        if torch.cuda.is_available():
+            out["cuda_device"] = torch.cuda.get_device_name(0)
+            out["debug_train_samples_per_s_cuda"] = round(
+                train_samples_per_s(index, debug(), steps=2 * size.train_steps, device="cuda"), 3
+            )
+            for name, cfg in (("tiny", size.tiny), ("base", size.base)):
+                out[f"vad_{name}_forward_s_cuda"] = round(
+                    forward_latency_s(index, cfg(), runs=3 * size.forward_runs, device="cuda"), 4
+                )
+            out["vad_base_train_samples_per_s_cuda"] = round(
+                train_samples_per_s(index, size.base(), steps=size.train_steps, device="cuda"), 3
+            )
     return out
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(run(), indent=2))

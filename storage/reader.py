@@ -1,14 +1,28 @@
 """CacheReader: random batches of latents by sample token, for training.
 
-Reads go straight to the shard files' bytes (see `shard_format`): each sample of `hidden` is one uncompressed
-inner chunk at an offset given by the shard's index, so a sample is one `preadv` into the output batch.
+Each sample of `hidden` is one uncompressed inner chunk of its shard file at an offset given by the shard's
+index (see `shard_format`). The reader maps a shard's `hidden` file read-only the first time a batch touches
+it and keeps it mapped, with its index and lengths, so a batch is gathered as a numpy memmap gathers: one
+memcpy per sample from the page cache, no system call and no index read per sample.
+
 A row is served only if its shard has a valid commit record and the sample did not fail; every other row
 comes back as zeros with `present=False`, never as zarr fill values posing as data.
+
+A shard can be rewritten while a reader has it mapped (a re-run harvest repairing it). The writer withdraws
+the commit, then replaces the files: new inodes, so an old map keeps seeing the old, whole bytes, never a
+torn mix, and since the map keeps the old inode alive its number is not reused. Each batch stats every shard
+file it touches (one call per shard, not per sample); a file replaced or changed (size, mtime, ctime) since
+it was mapped is dropped and validated again from its commit record, as at first: no record (a rewrite
+under way) makes its rows absent, a new record maps the new file, a record the file does not match is a
+CacheError (damage). A file truncated in place under a live map between that stat and the copy would still
+fault (SIGBUS, as with any memmap); the writer never does that, it replaces files.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,18 +35,41 @@ from netroller.errors import CacheError, CacheKeyMismatchError
 from netroller.storage import commits
 from netroller.storage.manifest import read_manifest
 from netroller.storage.meta import read_meta
-from netroller.storage.schema import HIDDEN, LENGTH, CacheKey, CacheLayout, CommitRecord
+from netroller.storage.schema import COMMITS_DIR, HIDDEN, LENGTH, CacheKey, CacheLayout, CommitRecord
 from netroller.storage.shard_format import (
+    MAX_UINT64,
     ShardIndex,
     array_specs,
     bf16_bits_to_float32,
     check_array_metadata,
-    pread_into,
+    index_nbytes,
     read_inner_chunk,
 )
 
-# Open shard files kept per reader; enough for any batch, well under the usual fd limit.
-MAX_OPEN_SHARDS = 128
+# Shards kept mapped per reader (least recently used dropped first). A map holds no file descriptor, so this
+# is bounded by address space and vm.max_map_count (65530 by default), not by the fd limit.
+MAX_MAPPED_SHARDS = 4096
+# Attempts to map a shard whose commit record changes while its files are opened (a rewrite racing us).
+_MAP_ATTEMPTS = 3
+# File times tick at the kernel's coarse clock (a few ms): a commits folder whose mtime is older than this
+# gets a later mtime from any entry added, removed or renamed in it, so an unchanged mtime proves no change.
+SETTLED_NS = 200_000_000
+# Every mapped shard file is stat-ed again at least this often when batches touch it, so that a file changed
+# behind the writer's back (damaged, truncated) is dropped and validated again instead of served from the map.
+RECHECK_NS = 1_000_000_000
+
+_Identity = tuple[int, int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _path_identity(path: str | Path) -> _Identity | None:
+    try:
+        return _identity(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
@@ -45,14 +82,21 @@ class LatentBatch:
 
 
 @dataclass
-class _OpenShard:
-    fd: int
-    index: ShardIndex  # of `hidden`
-    length: np.ndarray  # [S] int32
+class _MappedShard:
+    """A committed shard's `hidden` file mapped read-only, with what was checked when it was mapped."""
+
+    record: CommitRecord
+    path: str  # the `hidden` shard file
+    identity: _Identity  # of that file when it was mapped (a changed identity means: validate again)
+    commit: str  # the commit record file
+    checked_ns: int  # time.monotonic_ns() when the files were last found unchanged
+    samples: list[memoryview | None]  # per local row: its bytes, a read-only view of the map (the views
+    # keep the map alive); None for the samples the record lists as failed
+    lengths: list[int]  # per local row
 
 
 class CacheReader:
-    """Read-only view of a cache; safe to use from forked DataLoader workers (reads are positional)."""
+    """Read-only view of a cache; safe to use from forked DataLoader workers (maps are inherited read-only)."""
 
     def __init__(self, root: str | Path, *, expect: Mapping[str, Any] | None = None):
         """Open the cache at `root`; CacheKeyMismatchError if `expect` names a key field with another value,
@@ -72,18 +116,21 @@ class CacheReader:
         manifest = read_manifest(self.root, samples=self.layout.samples, shard_size=self.layout.shard_size)
         self.tokens: list[str] = [r.sample_token for r in manifest]
         self._row = {t: i for i, t in enumerate(self.tokens)}
+        size = self.layout.shard_size
+        self._where = {t: divmod(i, size) for i, t in enumerate(self.tokens)}  # token -> (shard, local row)
         self._specs = array_specs(self.layout)
-        self._open: OrderedDict[int, _OpenShard] = OrderedDict()
-        self._pid = os.getpid()
+        self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
+        self._commits_dir = str(self.root / COMMITS_DIR)
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the commit records (a harvest may have committed more shards since)."""
+        self._commits_seen = self._commits_state()  # before the scan: a change during it shows next batch
         valid, _, _ = commits.scan_commits(self.root, self.layout)
         self._commits: dict[int, CommitRecord] = valid
         self._failed: dict[str, str] = {t: r for rec in valid.values() for t, r in rec.failures}
-        for shard in [s for s in self._open if s not in valid]:
-            os.close(self._open.pop(shard).fd)
+        for shard in [s for s, sh in self._maps.items() if valid.get(s) != sh.record]:
+            del self._maps[shard]
 
     def __len__(self) -> int:
         return self.layout.samples
@@ -106,38 +153,47 @@ class CacheReader:
         """Latents of `tokens` (any order, repeats allowed)."""
         lay = self.layout
         b = len(tokens)
+        nbytes = lay.sample_bytes()
         # np.empty, not zeros: zeroing 16 MiB first costs as much as the reads; absent rows are zeroed below.
         hidden = np.empty((b, lay.layers, lay.tokens, lay.hidden_size), dtype=lay.storage_dtype)
-        length = np.zeros(b, dtype=np.int64)
-        present = np.zeros(b, dtype=bool)
-        wanted = []
+        out = memoryview(hidden.reshape(-1).view(np.uint8))  # memoryview copies: the least work per sample
+        strict = self._check_commits()
+        now = time.monotonic_ns()
+        where, committed = self._where, self._commits
+        shards: dict[
+            int, _MappedShard | None
+        ] = {}  # looked up once per batch; None: not committed (any more)
+        got: list[int] = []
+        got_length: list[int] = []
         for i, token in enumerate(tokens):
-            row = self._row.get(token)
-            if row is None or token in self._failed or row // lay.shard_size not in self._commits:
+            shard_local = where.get(token)
+            if shard_local is None:
                 continue
-            wanted.append((row, i))
-        wanted.sort()  # file order: consecutive reads of one shard help the kernel's read-ahead
-        flat = memoryview(hidden.reshape(b, -1)).cast("B") if b else None
-        per_sample = lay.sample_bytes()
-        for row, i in wanted:
-            shard, local = divmod(row, lay.shard_size)
-            sh = self._shard(shard)
-            offset = sh.index.offsets[local]
-            if offset == np.iinfo(np.uint64).max:
-                raise CacheError(self._damaged(shard, f"sample row {row} was never written"))
-            pread_into(
-                sh.fd, flat[i * per_sample : (i + 1) * per_sample], int(offset), where=self._where(shard)
-            )
-            length[i] = sh.length[local]
-            present[i] = True
-        hidden[~present] = 0
+            shard, local = shard_local
+            try:
+                sh = shards[shard]
+            except KeyError:
+                sh = shards[shard] = self._mapped(shard, strict, now) if shard in committed else None
+            if sh is None:
+                continue
+            sample = sh.samples[local]
+            if sample is not None:  # None: the sample failed in the harvest
+                out[i * nbytes : (i + 1) * nbytes] = sample  # one memcpy from the mapped page cache
+                got.append(i)
+                got_length.append(sh.lengths[local])
+        present = np.zeros(b, dtype=bool)
+        length = np.zeros(b, dtype=np.int64)
+        present[got] = True
+        length[got] = got_length
+        if len(got) < b:
+            hidden[~present] = 0
         if lay.dtype == "bfloat16":
             hidden = bf16_bits_to_float32(hidden)
         return LatentBatch(hidden=hidden, length=length, present=present)
 
     def close(self) -> None:
-        while self._open:
-            os.close(self._open.popitem()[1].fd)
+        """Drop every map (the memory is unmapped once no view of it is left)."""
+        self._maps.clear()
 
     def __enter__(self) -> CacheReader:
         return self
@@ -145,24 +201,13 @@ class CacheReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if os.getpid() == getattr(self, "_pid", None):
-            self.close()
-
     def __getstate__(self) -> dict:
-        # Spawned workers re-open the files themselves.
+        # Maps cannot be pickled: a spawned worker maps the files itself.
         state = self.__dict__.copy()
-        state["_open"] = OrderedDict()
+        state["_maps"] = OrderedDict()
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
-
     # ---- helpers --------------------------------------------------------------------------------------
-
-    def _where(self, shard: int) -> str:
-        return str(self.root / self._commits[shard].files[HIDDEN].path)
 
     def _damaged(self, shard: int, why: str) -> str:
         return (
@@ -170,38 +215,123 @@ class CacheReader:
             "and re-run the same harvest to repair it"
         )
 
-    def _shard(self, shard: int) -> _OpenShard:
-        if os.getpid() != self._pid:
-            # Forked: the inherited descriptors work for pread, but keep this process's set its own.
-            self._open = OrderedDict()
-            self._pid = os.getpid()
-        sh = self._open.get(shard)
+    def _commits_state(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._commits_dir)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _check_commits(self) -> bool:
+        """Once per batch, one stat of the commits folder. The writer withdraws a shard's record before it
+        touches the shard's files, so while the folder is unchanged no mapped file was replaced. When it
+        changed, every mapped shard is checked now; True while its mtime is too recent to prove the next
+        change (see SETTLED_NS): then every shard the batch touches is checked as well."""
+        state = self._commits_state()
+        if state != self._commits_seen:
+            self._commits_seen = state
+            for shard, sh in list(self._maps.items()):
+                if not self._unchanged(sh):
+                    del self._maps[shard]  # validated again from its record when a batch next touches it
+        return state is None or time.time_ns() - state[1] < SETTLED_NS
+
+    def _unchanged(self, sh: _MappedShard) -> bool:
+        """The shard's record is still there and its file is the one mapped, unchanged."""
+        return os.path.exists(sh.commit) and _path_identity(sh.path) == sh.identity
+
+    def _mapped(self, shard: int, check: bool, now: int) -> _MappedShard | None:
+        """The shard's map, validated again first if its files may have changed since it was mapped; None
+        when the shard is no longer committed."""
+        sh = self._maps.get(shard)
         if sh is not None:
-            self._open.move_to_end(shard)
-            return sh
-        record = self._commits[shard]
-        hidden_path = self.root / record.files[HIDDEN].path
-        try:
-            fd = os.open(hidden_path, os.O_RDONLY)
-        except OSError as err:
-            raise CacheError(self._damaged(shard, f"cannot open {hidden_path}: {err}")) from err
-        try:
-            size = os.fstat(fd).st_size
-            if size != record.files[HIDDEN].nbytes:
-                raise CacheError(f"{hidden_path} has {size} bytes, committed {record.files[HIDDEN].nbytes}")
-            index = ShardIndex.read(fd, size, self._specs[HIDDEN], where=str(hidden_path))
-            length = self._read_lengths(record)
-        except (CacheError, OSError) as err:
-            os.close(fd)
-            raise CacheError(self._damaged(shard, str(err))) from err
-        except BaseException:
-            os.close(fd)
-            raise
-        sh = _OpenShard(fd=fd, index=index, length=length)
-        self._open[shard] = sh
-        if len(self._open) > MAX_OPEN_SHARDS:
-            os.close(self._open.popitem(last=False)[1].fd)
+            if not check and now - sh.checked_ns < RECHECK_NS:
+                return sh
+            if self._unchanged(sh):
+                sh.checked_ns = now
+                self._maps.move_to_end(shard)
+                return sh
+            del self._maps[shard]  # replaced or changed since it was mapped: never serve the old bytes
+        sh = self._map(shard)
+        if sh is None:
+            self._forget(shard)
+            return None
+        self._set_record(shard, sh.record)
+        self._maps[shard] = sh
+        if len(self._maps) > MAX_MAPPED_SHARDS:
+            self._maps.popitem(last=False)
         return sh
+
+    def _map(self, shard: int) -> _MappedShard | None:
+        """Map the shard's files as its commit record (read again now) describes them; None if it has none.
+
+        The record is read again once the files are open: the writer withdraws a record before it touches
+        the files, and every record it writes differs (its commit time), so an unchanged record means the
+        files opened are the ones it covers.
+        """
+        for _ in range(_MAP_ATTEMPTS):
+            record = self._read_record(shard)
+            if record is None:
+                return None
+            try:
+                why = commits.problem(self.root, self.layout, shard, record, full=False)
+                if why is not None:
+                    raise CacheError(self._damaged(shard, why))
+                sh = self._open_files(shard, record)
+            except CacheError:
+                if self._read_record(shard) != record:
+                    continue  # what we saw was a rewrite under way
+                raise
+            if self._read_record(shard) == record:
+                return sh
+        return None  # rewritten again and again while we looked: absent until it settles
+
+    def _read_record(self, shard: int) -> CommitRecord | None:
+        try:
+            return commits.read_commit(self.root, shard)
+        except CacheError as err:  # records are renamed into place whole: a malformed one is damage
+            raise CacheError(self._damaged(shard, str(err))) from err
+
+    def _open_files(self, shard: int, record: CommitRecord) -> _MappedShard:
+        path = self.root / record.files[HIDDEN].path
+        spec = self._specs[HIDDEN]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as err:
+            raise CacheError(self._damaged(shard, f"cannot open {path}: {err}")) from err
+        try:
+            st = os.fstat(fd)
+            if st.st_size != record.files[HIDDEN].nbytes:
+                raise CacheError(f"{path} has {st.st_size} bytes, committed {record.files[HIDDEN].nbytes}")
+            # The committed size includes the index, so the file is never empty here (mmap refuses those).
+            data = memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+            raw_index = data[st.st_size - index_nbytes(spec) :].tobytes()
+            index = ShardIndex.parse(raw_index, st.st_size, spec, where=str(path))
+            length = self._read_lengths(record)
+        except (CacheError, OSError, ValueError) as err:
+            raise CacheError(self._damaged(shard, str(err))) from err
+        finally:
+            os.close(fd)  # the map stays valid without it
+        rows = self.layout.shard_rows(shard)  # the last shard may hold fewer than S: its tail stays unwritten
+        start = rows.start
+        failed = {self._row[t] - start for t, _ in record.failures if t in self._row}
+        n = spec.inner_nbytes
+        samples: list[memoryview | None] = []
+        for local, offset in enumerate(index.offsets[: len(rows)]):
+            if local in failed:
+                samples.append(None)
+            elif offset == MAX_UINT64:  # a committed shard has every sample written (failed ones as zeros)
+                raise CacheError(self._damaged(shard, f"sample row {start + local} was never written"))
+            else:
+                samples.append(data[int(offset) : int(offset) + n])
+        return _MappedShard(
+            record=record,
+            path=str(path),
+            identity=_identity(st),
+            commit=str(commits.commit_path(self.root, shard)),
+            checked_ns=time.monotonic_ns(),
+            samples=samples,
+            lengths=[int(x) for x in length],
+        )
 
     def _read_lengths(self, record: CommitRecord) -> np.ndarray:
         path = self.root / record.files[LENGTH].path
@@ -212,3 +342,19 @@ class CacheReader:
             return read_inner_chunk(fd, index, 0, spec, where=str(path))
         finally:
             os.close(fd)
+
+    def _set_record(self, shard: int, record: CommitRecord) -> None:
+        """Make `record` the shard's commit record (its failures replace the old record's)."""
+        if self._commits.get(shard) == record:
+            return
+        self._forget(shard)
+        self._commits[shard] = record
+        self._failed.update(record.failures)
+
+    def _forget(self, shard: int) -> None:
+        """The shard is no longer committed: its rows read as absent until a refresh finds a new commit."""
+        old = self._commits.pop(shard, None)
+        if old is not None:
+            for token, _ in old.failures:
+                self._failed.pop(token, None)
+        self._maps.pop(shard, None)

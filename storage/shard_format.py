@@ -4,8 +4,9 @@ zarr-python writes the arrays (one shard = S consecutive samples = one file per 
 batch through zarr-python costs ~0.05-0.25 GB/s, so the reader goes to the bytes itself: the arrays are
 uncompressed (bytes codec only) and the sharding codec keeps, at the end of each shard file, an index of
 (offset, nbytes) uint64 little-endian per inner chunk followed by a crc32c of that index. One inner chunk of
-`hidden` is one sample, so a sample is one `pread` at a known offset. `check_array_metadata` makes sure the
-arrays are exactly of this form before the reader trusts that; `ShardIndex.read` checks the index crc.
+`hidden` is one sample, so a sample is one contiguous byte range at a known offset. `check_array_metadata`
+makes sure the arrays are exactly of this form before the reader trusts that; `ShardIndex.parse` checks the
+index crc.
 """
 
 from __future__ import annotations
@@ -149,22 +150,29 @@ class ShardIndex:
     @classmethod
     def read(cls, fd: int, file_size: int, spec: ArraySpec, *, where: str) -> ShardIndex:
         """Read and check the index at the end of an open shard file; CacheError naming `where` if bad."""
-        n = spec.chunks_per_shard
-        index_size = n * _ENTRY_BYTES + _CRC_BYTES
-        if file_size < index_size:
-            raise CacheError(
-                f"shard file {where} is truncated ({file_size} bytes, index alone is {index_size})"
-            )
-        raw = os.pread(fd, index_size, file_size - index_size)
-        if len(raw) != index_size:
+        size = index_nbytes(spec)
+        if file_size < size:
+            raise CacheError(f"shard file {where} is truncated ({file_size} bytes, index alone is {size})")
+        raw = os.pread(fd, size, file_size - size)
+        if len(raw) != size:
             raise CacheError(f"shard file {where}: short read of its index")
-        body, stored = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
-        if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+        return cls.parse(raw, file_size, spec, where=where)
+
+    @classmethod
+    def parse(cls, raw: bytes | memoryview, file_size: int, spec: ArraySpec, *, where: str) -> ShardIndex:
+        """Check the index bytes `raw` (the last `index_nbytes(spec)` bytes of a shard file of `file_size`
+        bytes); CacheError naming `where` if its checksum does not match or it points outside the data."""
+        n = spec.chunks_per_shard
+        size = index_nbytes(spec)
+        if file_size < size or len(raw) != size:
+            raise CacheError(f"shard file {where} is truncated ({file_size} bytes, index alone is {size})")
+        body, stored = raw[:-_CRC_BYTES], bytes(raw[-_CRC_BYTES:])
+        if np.uint32(google_crc32c.value(bytes(body))).tobytes() != stored:
             raise CacheError(f"shard file {where}: the shard index checksum does not match (damaged file)")
         table = np.frombuffer(body, dtype="<u8").reshape(n, 2)
         offsets, nbytes = table[:, 0].copy(), table[:, 1].copy()
         written = offsets != MAX_UINT64
-        data_end = file_size - index_size
+        data_end = file_size - size
         if np.any(nbytes[written] != spec.inner_nbytes):
             raise CacheError(
                 f"shard file {where}: an inner chunk is not {spec.inner_nbytes} bytes (not an uncompressed cache)"
@@ -172,6 +180,11 @@ class ShardIndex:
         if np.any(offsets[written] + nbytes[written] > data_end):
             raise CacheError(f"shard file {where}: the index points past the data (damaged file)")
         return cls(offsets=offsets, nbytes=nbytes)
+
+
+def index_nbytes(spec: ArraySpec) -> int:
+    """Bytes of a shard file's index (at its end): an (offset, nbytes) entry per inner chunk and a crc32c."""
+    return spec.chunks_per_shard * _ENTRY_BYTES + _CRC_BYTES
 
 
 def read_inner_chunk(fd: int, index: ShardIndex, chunk: int, spec: ArraySpec, *, where: str) -> np.ndarray:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +428,150 @@ def test_reader_survives_pickling_for_spawned_workers(cache):
     reader.read(tokens([0]))  # opens a shard file
     clone = pickle.loads(pickle.dumps(reader))
     np.testing.assert_array_equal(clone.read(tokens([0, 9])).hidden, reader.read(tokens([0, 9])).hidden)
+
+
+def test_repeated_tokens_each_get_the_sample(cache):
+    root, data = cache
+    batch = CacheReader(root).read(tokens([1, 1, 6]))
+    np.testing.assert_array_equal(batch.hidden, data[[1, 1, 6]].astype(np.float16))
+
+
+# ---- a shard rewritten or damaged under an open reader ------------------------------------------------
+
+
+def _hidden_file(root: Path, shard: int) -> Path:
+    return root / "latents.zarr" / "hidden" / "c" / str(shard) / "0" / "0" / "0"
+
+
+def _damage_index(path: Path) -> None:
+    """Flip bytes inside the shard index at the end of the file (same size: the cheap checks pass)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size - 10)  # the last entry's nbytes field
+        f.write(b"\xff\xff")
+
+
+def test_shard_rewritten_after_it_was_mapped_reads_the_new_bytes(cache):
+    root, data = cache
+    reader = CacheReader(root)
+    reader.read(tokens([1]))  # maps shard 0
+    write_shards(CacheWriter.open(root), data + 1, shards=[0])  # a re-run harvest repairs it
+    np.testing.assert_array_equal(
+        reader.read(tokens([0, 1, 3])).hidden, (data + 1)[[0, 1, 3]].astype(np.float16)
+    )
+
+
+def _settle(root: Path, seconds_ago: float) -> None:
+    """Date the commits folder back, as if its last change was long ago."""
+    then = int((time.time() - seconds_ago) * 1e9)
+    os.utime(root / "commits", ns=(then, then))
+
+
+def test_rewrite_is_seen_through_the_commits_folder_even_when_it_had_settled(cache):
+    root, data = cache
+    _settle(root, 60)
+    reader = CacheReader(root)
+    reader.read(tokens([1]))  # maps shard 0; no shard file is stat-ed again within RECHECK_NS
+    write_shards(CacheWriter.open(root), data + 1, shards=[0])
+    _settle(root, 30)  # changed since the reader looked, and settled again: only the folder's change shows
+    np.testing.assert_array_equal(reader.read(tokens([1])).hidden, (data + 1)[[1]].astype(np.float16))
+
+
+def test_shard_being_rewritten_under_a_reader_reads_absent_not_old_or_torn(cache, monkeypatch):
+    root, data = cache
+    reader = CacheReader(root)
+    reader.read(tokens([0, 4]))  # maps shards 0 and 1
+    monkeypatch.setattr(commits, "write_commit", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # new files written, never committed
+        write_shards(CacheWriter.open(root), data + 1, shards=[1])
+    batch = reader.read(tokens([0, 4]))
+    assert batch.present.tolist() == [True, False] and not batch.hidden[1].any()
+    assert "tok004" not in reader and 1 not in reader.committed_shards
+
+
+def test_damaged_shard_index_is_refused_naming_the_shard(cache):
+    root, _ = cache
+    _damage_index(_hidden_file(root, 1))
+    reader = CacheReader(root)
+    with pytest.raises(
+        CacheError, match=r"shard 1 of cache .* is damaged .*shard index checksum does not match"
+    ):
+        reader.read(tokens([4]))
+
+
+def test_shard_index_damaged_after_it_was_mapped_is_found_on_the_next_check(cache, monkeypatch):
+    from netroller.storage import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "RECHECK_NS", 0)  # every batch checks (by default: once a second)
+    root, _ = cache
+    reader = CacheReader(root)
+    reader.read(tokens([4]))
+    path = _hidden_file(root, 1)
+    _damage_index(path)
+    # File times tick at the kernel's coarse clock: move mtime on so the change shows whatever the timing.
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(
+        CacheError, match=r"shard 1 of cache .* is damaged .*shard index checksum does not match"
+    ):
+        reader.read(tokens([4]))
+
+
+def test_shard_truncated_after_it_was_mapped_is_an_error_not_a_crash(cache, monkeypatch):
+    from netroller.storage import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "RECHECK_NS", 0)  # every batch checks (by default: once a second)
+    root, _ = cache
+    reader = CacheReader(root)
+    reader.read(tokens([4]))
+    os.truncate(_hidden_file(root, 1), 50)  # reading the old map past the end would be SIGBUS
+    with pytest.raises(CacheError, match=r"shard 1 of cache .* is damaged .*has 50 bytes"):
+        reader.read(tokens([4]))
+
+
+def test_reader_reads_right_when_it_keeps_fewer_shards_mapped_than_a_batch_touches(cache, monkeypatch):
+    from netroller.storage import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "MAX_MAPPED_SHARDS", 1)
+    root, data = cache
+    reader = CacheReader(root)
+    for _ in range(2):
+        np.testing.assert_array_equal(
+            reader.read(tokens([9, 0, 5, 1])).hidden, data[[9, 0, 5, 1]].astype(np.float16)
+        )
+    assert len(reader._maps) == 1
+
+
+def test_committed_sample_the_index_says_never_written_is_an_error_not_fill_values(cache):
+    import google_crc32c
+
+    root, _ = cache
+    path = _hidden_file(root, 0)
+    raw = bytearray(path.read_bytes())
+    entries = S * 16
+    table = np.frombuffer(raw[-entries - 4 : -4], dtype="<u8").copy().reshape(S, 2)
+    table[1] = 2**64 - 1  # row 1: offset and nbytes "never written", as zarr marks a missing chunk
+    body = table.tobytes()
+    raw[-entries - 4 :] = body + np.uint32(google_crc32c.value(body)).tobytes()  # a valid index again
+    path.write_bytes(bytes(raw))  # same size: the commit's cheap checks pass
+    with pytest.raises(
+        CacheError, match=r"shard 0 of cache .* is damaged \(sample row 1 was never written\)"
+    ):
+        CacheReader(root).read(tokens([0]))
+
+
+def test_shard_rewritten_while_the_reader_maps_it_is_mapped_again(cache, monkeypatch):
+    root, data = cache
+    reader = CacheReader(root)
+    open_files = reader._open_files
+    raced = []
+
+    def racing(shard, record):
+        mapped = open_files(shard, record)  # the old files
+        if not raced:  # a re-run harvest rewrites and commits the shard meanwhile
+            raced.append(shard)
+            write_shards(CacheWriter.open(root), data + 1, shards=[shard])
+        return mapped
+
+    monkeypatch.setattr(reader, "_open_files", racing)
+    np.testing.assert_array_equal(reader.read(tokens([0])).hidden[0], (data + 1)[0].astype(np.float16))
