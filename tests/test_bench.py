@@ -68,6 +68,7 @@ FIGURES = {
         "vad_tiny_params",
         "vad_base_params",
         "debug_train_samples_per_s_cpu",
+        "vad_tiny_train_samples_per_s_cpu",
         "vad_tiny_forward_s_cpu",
         "vad_base_forward_s_cpu",
     ),
