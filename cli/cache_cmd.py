@@ -73,7 +73,9 @@ def verify(cache: Path = typer.Argument(..., help="Cache folder (the one holding
     report = verify_cache(cache)
     for shard, reason in report.damaged:
         typer.echo(
-            f"damaged shard {shard} of {cache}: {reason}; re-running the same harvest recomputes it", err=True
+            f"damaged shard {shard} of {cache}: {reason}; re-running the same harvest (without --no-verify) "
+            "recomputes it",
+            err=True,
         )
     typer.echo(
         f"{cache}: {len(report.ok)} shards ok, {len(report.damaged)} damaged, {len(report.uncommitted)} not committed"

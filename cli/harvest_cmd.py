@@ -16,11 +16,11 @@ Examples:
   netroller harvest --index work/index.parquet --out work/cache-llava --model /ckpt/llava-1.5-7b-hf
   --layers 0,15,31 --tokens 16 --workers 4 --gpus-per-worker 1 --ray-address auto
 
-  # per-sample DriveLM questions; re-hash every committed shard first and repair damaged ones
-  netroller harvest --index work/index.parquet --out work/cache --drivelm work/nuscenes/drivelm_qa.json --verify
+  # per-sample DriveLM questions; a re-run trusting committed shards without re-hashing them
+  netroller harvest --index work/index.parquet --out work/cache --drivelm work/nuscenes/drivelm_qa.json --no-verify
 
-A re-run resumes: only shards without a valid commit record are computed (with --verify, also shards whose
-bytes no longer match their checksum). A cache built with other settings is refused, naming the differing
+A re-run resumes: it re-hashes every committed shard and computes the shards without a valid commit record
+or whose bytes no longer match their checksum (--no-verify skips the re-hash and trusts committed shards). A cache built with other settings is refused, naming the differing
 field, unless --overwrite.
 """
 
@@ -57,9 +57,10 @@ def _harvest(
     dtype: str = typer.Option("float16", "--dtype", help="Cache dtype: float16 | float32 | bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache built with other settings."),
     verify: bool = typer.Option(
-        False,
-        "--verify",
-        help="Re-hash all committed shards first and recompute damaged ones (default: off, only the cheap commit check).",
+        True,
+        "--verify/--no-verify",
+        help="Re-hash all committed shards first and recompute damaged ones (default); "
+        "--no-verify trusts committed shards after the cheap record-and-size check.",
     ),
 ) -> None:
     # Imported here so that `netroller --help` and other commands do not pay for torch and transformers.

@@ -7,7 +7,7 @@ by the recovery the design promises and checked against an uninterrupted run.
 Faults, all real (no mocks): SIGKILL of a `netroller harvest` process at seeded points (in-process and Ray
 workers=1), then a check that every committed shard's bytes verify, a resume and an array-for-array
 comparison with an uninterrupted cache; a second harvest while one runs (refused); bytes overwritten in a
-committed shard (`cache verify` names it, `harvest --verify` repairs it); a full disk (a tiny tmpfs; needs
+committed shard (`cache verify` names it, the same harvest re-run repairs it); a full disk (a tiny tmpfs; needs
 root, else reported as skipped); cache.json / manifest.parquet damaged (every command refuses it, nothing is
 overwritten); SIGKILL of `netroller train` after its first checkpoint (`--resume` gives the same losses).
 tests/test_reliability.py runs these functions with few trials.
@@ -385,7 +385,8 @@ def damaged_shard_trial(
     setup: HarvestSetup, root: Path, *, trial: int, seed: int, index_bytes: bool = False
 ) -> TrialResult:
     """Overwrite bytes of one committed shard file (anywhere, or its shard index with `index_bytes`);
-    `cache verify` must name the shard, `harvest --verify` repair it."""
+    `cache verify` must name the shard and say a re-run repairs it, and the same harvest re-run (no extra
+    flag) must say it recomputes the shard and make the cache equal to the uninterrupted one."""
     from netroller.storage.commits import expected_files
     from netroller.storage.meta import read_meta
 
@@ -403,14 +404,17 @@ def damaged_shard_trial(
     )
     code, out, err = run_cli(["cache", "verify", root])
     res.facts["verify_exit"] = code
-    if code == 0 or f"damaged shard {shard} " not in err:
+    if code == 0 or f"damaged shard {shard} " not in err or "re-running the same harvest" not in err:
         res.fail(f"cache verify did not report shard {shard} (exit {code}): {err.strip()}")
-    code, _, err = run_cli(setup.argv(root, extra=("--verify",)))
+    code, _, err = run_cli(setup.argv(root))
     if code != 0:
-        return res.fail(f"harvest --verify failed (exit {code}): {err.strip()}")
+        return res.fail(f"the harvest re-run failed (exit {code}): {err.strip()}")
+    res.facts["rerun_said_recomputed"] = f"damaged shard(s) will be recomputed: {shard}" in err
+    if not res.facts["rerun_said_recomputed"]:
+        res.fail(f"the harvest re-run did not say it recomputes shard {shard}: {err.strip()}")
     code, _, _ = run_cli(["cache", "verify", root])
     if code != 0:
-        res.fail("cache verify still fails after harvest --verify")
+        res.fail("cache verify still fails after the harvest re-run")
     diff = first_difference(root, setup.reference)
     if diff is not None:
         res.fail(f"after repair, array {diff!r} differs from the uninterrupted cache")

@@ -148,8 +148,8 @@ def predict(
 def _open_run_latents(meta: dict | None, cfg: EvalConfig):
     """The run's latent source from --cache, after checking the cache key against the run's."""
     from netroller.data.latents import CachedLatents
-    from netroller.stages.finetune import check_key
     from netroller.storage.reader import CacheReader
+    from netroller.storage.schema import LatentKey
 
     if meta is None:
         if cfg.cache is not None or cfg.latent_lag or cfg.shuffle_latents:
@@ -160,10 +160,9 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
         return None
     if cfg.cache is None:
         raise ConfigError(f"{cfg.run} is a NetRoller run: give the latent cache with --cache")
-    reader = CacheReader(cfg.cache)
-    key = reader.key
-    check_key(meta["latents_key"], key.to_dict() | {"layers": list(key.layers)}, where=str(cfg.cache))
-    positions = tuple(key.layers.index(layer) for layer in meta["latents_key"]["layers"])
+    trained_on = LatentKey.from_dict(meta["latents_key"])
+    reader = CacheReader(cfg.cache, expect=trained_on)
+    positions = tuple(reader.key.layers.index(layer) for layer in trained_on.layers)
     return CachedLatents(reader, positions)
 
 

@@ -29,7 +29,7 @@ from netroller.data.latents import (
     OnlineLatents,
     latent_sources,
 )
-from netroller.errors import CacheKeyMismatchError, ConfigError, ModelError
+from netroller.errors import ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
 from netroller.models.vad.config import recipe
 from netroller.models.vad.detector import VAD
@@ -43,10 +43,9 @@ from netroller.stages.train import (
     train,
 )
 from netroller.storage.atomic import write_json_atomic
+from netroller.storage.schema import LatentKey
 
 NETROLLER_FILE = "netroller.json"
-# Key fields a run and the latents it reads must share.
-KEY_FIELDS = ("model", "model_hash", "processor_hash", "prompt_hash", "tokens", "hidden_size", "dtype")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +151,7 @@ class LatentSetup:
     """The latent side of a run: where latents come from, their key, and which layers the adapter sees."""
 
     source: LatentSource
-    key: dict  # KEY_FIELDS + "layers": the layers the adapter is fed
+    key: LatentKey  # with the layers the adapter is fed
     cache_layers: tuple[int, ...]
     layer_positions: tuple[int, ...]
     hidden_size: int
@@ -180,7 +179,7 @@ def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = 
         key = reader.key
         used = _used_layers(nr.layers_used, key.layers, key.num_model_layers)
         positions = tuple(key.layers.index(layer) for layer in used)
-        run_key = {f: getattr(key, f) for f in KEY_FIELDS} | {"layers": list(used)}
+        run_key = key.latent_key(used)
         return LatentSetup(CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size)
 
     from netroller.models.gm.capture import LatentCapturer, resolve_layers
@@ -200,32 +199,19 @@ def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = 
     capturer = LatentCapturer(gm, layers=used, tokens=nr.tokens)
     index = read_index(index_path)
     source = OnlineLatents(capturer, prompts, index, index.dataroot(dataroot), dtype=nr.dtype)
-    run_key = {
-        "model": model,
-        "model_hash": gm.model_hash,
-        "processor_hash": gm.processor_hash,
-        "prompt_hash": prompts.hash(),
-        "tokens": nr.tokens,
-        "hidden_size": gm.hidden_size,
-        "dtype": nr.dtype,
-        "layers": list(used),
-    }
+    # The GM's name, as a harvest records it in the cache key (not the path as typed), so that a run
+    # trained online is evaluated with a cache of the same GM.
+    run_key = LatentKey(
+        model=gm.name,
+        model_hash=gm.model_hash,
+        processor_hash=gm.processor_hash,
+        prompt_hash=prompts.hash(),
+        tokens=nr.tokens,
+        hidden_size=gm.hidden_size,
+        dtype=nr.dtype,
+        layers=used,
+    )
     return LatentSetup(source, run_key, captured, tuple(range(len(used))), gm.hidden_size)
-
-
-def check_key(run_key: dict, latents_key: dict, *, where: str) -> None:
-    """Refuse latents whose key differs from the run's (names the first differing field)."""
-    for name in (*KEY_FIELDS, "layers"):
-        mine, theirs = run_key.get(name), latents_key.get(name)
-        if name == "layers":
-            if not set(mine or []) <= set(theirs or []):
-                raise CacheKeyMismatchError(
-                    f"{where}: layers: the run was trained on GM layers {mine}, the latents hold {theirs}"
-                )
-        elif mine != theirs:
-            raise CacheKeyMismatchError(
-                f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}"
-            )
 
 
 def _init_weights(init: Path) -> tuple[dict, Path]:
@@ -297,7 +283,7 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
     saved = run / NETROLLER_FILE
     if cfg.resume and saved.is_file():
         previous = json.loads(saved.read_text())
-        check_key(previous["latents_key"], setup.key, where=str(nr.cache or "online GM"))
+        LatentKey.from_dict(previous["latents_key"]).check(setup.key, where=str(nr.cache or "online GM"))
         if previous["netroller"] != nr.to_json():
             raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
     cfg, hooks, adapter_cfg = netroller_hooks(cfg, nr, setup)
@@ -314,7 +300,11 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             saved,
-            {"netroller": nr.to_json(), "adapter": _adapter_json(adapter_cfg), "latents_key": setup.key},
+            {
+                "netroller": nr.to_json(),
+                "adapter": _adapter_json(adapter_cfg),
+                "latents_key": setup.key.to_dict(),
+            },
         )
     return train(cfg, hooks)
 

@@ -5,9 +5,11 @@
 
 Every input is checked (index, GM, layers, prompts) before the cache folder is created, so a bad
 argument leaves nothing behind. The work unit is one shard of consecutive samples (`harvest_shard`),
-written whole by one worker and committed last; a re-run recomputes only shards without a valid commit
-record (plus damaged ones under `verify=True`). `workers=0` runs in this process; `workers>=1` hands the
-shards to Ray actors through `netroller.pipeline.ray_harvest`, the only module that imports Ray.
+written whole by one worker and committed last. A re-run first re-hashes every committed shard against its
+commit record and recomputes the shards without a valid record or whose bytes changed (`verify=False`, the
+CLI's `--no-verify`, trusts committed shards after the cheap record-and-size check). `workers=0` runs in
+this process; `workers>=1` hands the shards to Ray actors through `netroller.pipeline.ray_harvest`, the
+only module that imports Ray.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class HarvestConfig:
     """Samples per generate call inside a worker (batched generation pads prompts, so fp noise may differ)."""
     overwrite: bool = False
     """Replace an existing cache built with a different key instead of refusing."""
-    verify: bool = False
-    """Re-hash every committed shard first and recompute damaged ones (default: only the cheap commit check)."""
+    verify: bool = True
+    """Re-hash every committed shard first and recompute damaged ones; False trusts a committed shard whose
+    record and file sizes match (faster on a huge cache, but damaged bytes stay)."""
     progress: bool = True
     """Print the plan line and show a tqdm bar."""
 
@@ -284,9 +287,15 @@ def _human_bytes(n: float) -> str:
 
 
 def _shards_to_do(writer: CacheWriter, verify: bool, log: Callable[[str], None]) -> list[int]:
-    """Shards without a valid commit record (cheap: record and file sizes); with verify, also re-hashed ones."""
+    """Shards to compute: those without a valid commit record (record and file sizes), and with `verify`
+    also committed shards whose bytes no longer match their recorded crc32c."""
     pending = writer.pending_shards()
     if not verify:
+        committed = writer.num_shards - len(pending)
+        if committed:
+            log(
+                f"harvest: --no-verify: {committed} committed shard(s) trusted without re-hashing their bytes"
+            )
         return pending
     todo = writer.pending_shards(verify=True)
     damaged = sorted(set(todo) - set(pending))

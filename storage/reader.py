@@ -24,18 +24,25 @@ import mmap
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from netroller.errors import CacheError, CacheKeyMismatchError
+from netroller.errors import CacheError
 from netroller.storage import commits
 from netroller.storage.manifest import read_manifest
 from netroller.storage.meta import read_meta
-from netroller.storage.schema import COMMITS_DIR, HIDDEN, LENGTH, CacheKey, CacheLayout, CommitRecord
+from netroller.storage.schema import (
+    COMMITS_DIR,
+    HIDDEN,
+    LENGTH,
+    CacheKey,
+    CacheLayout,
+    CommitRecord,
+    LatentKey,
+)
 from netroller.storage.shard_format import (
     MAX_UINT64,
     ShardIndex,
@@ -98,20 +105,15 @@ class _MappedShard:
 class CacheReader:
     """Read-only view of a cache; safe to use from forked DataLoader workers (maps are inherited read-only)."""
 
-    def __init__(self, root: str | Path, *, expect: Mapping[str, Any] | None = None):
-        """Open the cache at `root`; CacheKeyMismatchError if `expect` names a key field with another value,
-        CacheError naming the file if the cache is malformed."""
+    def __init__(self, root: str | Path, *, expect: LatentKey | None = None):
+        """Open the cache at `root`; CacheKeyMismatchError if its latents are not those `expect` was recorded
+        for (`LatentKey.check`), CacheError naming the file if the cache is malformed."""
         self.root = Path(root)
         meta = read_meta(self.root)
         self.key: CacheKey = meta.key
         self.layout: CacheLayout = meta.layout
-        if expect:
-            try:
-                self.key.check(expect)
-            except CacheKeyMismatchError as err:
-                raise CacheKeyMismatchError(
-                    f"cache {self.root} does not match what was asked: {err}"
-                ) from err
+        if expect is not None:
+            expect.check(self.key.latent_key(), where=f"cache {self.root}")
         check_array_metadata(self.root, self.layout)
         manifest = read_manifest(self.root, samples=self.layout.samples, shard_size=self.layout.shard_size)
         self.tokens: list[str] = [r.sample_token for r in manifest]
@@ -212,7 +214,7 @@ class CacheReader:
     def _damaged(self, shard: int, why: str) -> str:
         return (
             f"shard {shard} of cache {self.root} is damaged ({why}); run `netroller cache verify {self.root}` "
-            "and re-run the same harvest to repair it"
+            "and re-run the same harvest (without --no-verify) to repair it"
         )
 
     def _commits_state(self) -> tuple[int, int, int] | None:

@@ -1,8 +1,10 @@
 """The latent cache's self-description: the cache key (provenance), the layout, manifest rows and commit records.
 
 Plain data, no I/O. A cache is trusted for a request only when its `CacheKey` equals what is asked for;
-`CacheKey.check` names the first field that differs. The format version travels in every file the cache
-writes, and readers refuse versions they do not know.
+`CacheKey.differences` names the fields that differ. `LatentKey` is the part of it that decides what one
+sample's latents are (GM, processor, prompts, T, H, dtype, layers): a run records it, and its one comparison,
+`LatentKey.check`, is what train, eval, resume and `CacheReader(expect=)` use. The format version travels
+in every file the cache writes, and readers refuse versions they do not know.
 
 Files under a cache root:
 
@@ -45,6 +47,81 @@ STORAGE_DTYPE = {"float16": "float16", "float32": "float32", "bfloat16": "uint16
 def commit_name(shard: int) -> str:
     """File name of a shard's commit record under `commits/`."""
     return f"{shard:06d}.json"
+
+
+LATENT_KEY_FIELDS = (
+    "model",
+    "model_hash",
+    "processor_hash",
+    "prompt_hash",
+    "tokens",
+    "hidden_size",
+    "dtype",
+    "layers",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatentKey:
+    """What decides one sample's latents: recorded by a run (netroller.json) and checked against the latents
+    it is fed (a cache or the online GM). Built from a cache's key with `CacheKey.latent_key` and from a
+    loaded GM by the online path; both name the GM by `LoadedGM.name`."""
+
+    model: str
+    """The GM's name (hub id or folder name); reported in messages. The weights' identity is `model_hash`."""
+    model_hash: str
+    """Hash of the model weights."""
+    processor_hash: str
+    """Hash of the processor/tokenizer files."""
+    prompt_hash: str
+    """Hash of the prompt template(s) or question file."""
+    tokens: int
+    """T: positions per sample."""
+    hidden_size: int
+    """H: width of the residual stream."""
+    dtype: LatentDType
+    """Precision of the latents."""
+    layers: tuple[int, ...]
+    """Absolute decoder-layer indices: the ones a run is fed, or the ones latents hold."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LatentKey:
+        """Parse a recorded key (netroller.json's `latents_key`); CacheError naming a missing field."""
+        if not isinstance(d, Mapping):
+            raise CacheError(f"latent key must be a JSON object, got {type(d).__name__}")
+        missing = [name for name in LATENT_KEY_FIELDS if name not in d]
+        if missing:
+            raise CacheError(f"latent key is missing field {missing[0]!r}")
+        return cls(**{name: d[name] for name in LATENT_KEY_FIELDS})
+
+    def check(self, latents: LatentKey, *, where: str) -> None:
+        """Refuse `latents` unless they are what this key was recorded for: CacheKeyMismatchError naming the
+        first differing field. Latents may hold more layers than this key uses. `model` (a name, which may be
+        a hub id, a folder name or, in runs recorded before names were unified, the path as typed) is not
+        compared: the weights are identified by `model_hash`."""
+        for name in LATENT_KEY_FIELDS:
+            mine, theirs = getattr(self, name), getattr(latents, name)
+            if name == "model":
+                continue
+            if name == "layers":
+                if not set(mine) <= set(theirs):
+                    raise CacheKeyMismatchError(
+                        f"{where}: layers: the run was trained on GM layers {list(mine)}, "
+                        f"the latents hold {list(theirs)}"
+                    )
+            elif mine != theirs:
+                extra = f" (GM {self.model!r} vs {latents.model!r})" if name == "model_hash" else ""
+                raise CacheKeyMismatchError(
+                    f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}{extra}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,29 +229,21 @@ class CacheKey:
                 out.append(f"{f.name}: cache has {mine!r}, asked for {theirs!r}")
         return out
 
-    def check(self, expect: Mapping[str, Any]) -> None:
-        """Raise CacheKeyMismatchError naming the first field whose value differs from `expect`.
-
-        Only the fields named in `expect` are compared (e.g. `{"layers": (1,), "tokens": 1}`); lists compare
-        equal to tuples.
-        """
-        names = [f.name for f in fields(self)]
-        for name in expect:
-            if name not in names:
-                raise ConfigError(
-                    f"cannot check unknown cache key field {name!r} (fields: {', '.join(names)})"
-                )
-        for name in names:
-            if name not in expect:
-                continue
-            want = expect[name]
-            if isinstance(want, list):
-                want = tuple(want)
-            have = getattr(self, name)
-            if name == "layers" and isinstance(want, tuple):
-                want = tuple(int(x) for x in want)
-            if have != want:
-                raise CacheKeyMismatchError(f"{name}: cache has {have!r}, asked for {want!r}")
+    def latent_key(self, layers: tuple[int, ...] | None = None) -> LatentKey:
+        """The latent part of this key; `layers` (default: all the cache holds) must be among its layers."""
+        used = self.layers if layers is None else tuple(int(x) for x in layers)
+        if not set(used) <= set(self.layers):
+            raise ConfigError(f"layers {list(used)} are not all among the cache's layers {list(self.layers)}")
+        return LatentKey(
+            model=self.model,
+            model_hash=self.model_hash,
+            processor_hash=self.processor_hash,
+            prompt_hash=self.prompt_hash,
+            tokens=self.tokens,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            layers=used,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

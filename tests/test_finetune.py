@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,9 +15,10 @@ from netroller.data.index import read_index
 from netroller.data.latents import CachedLatents, derangement, latent_sources
 from netroller.errors import CacheKeyMismatchError, ConfigError
 from netroller.stages.evaluate import EvalConfig, evaluate
-from netroller.stages.finetune import NetRollerConfig, check_key, finetune, finetune_c1, open_latents
+from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1, open_latents
 from netroller.stages.train import TrainConfig, train
 from netroller.storage.reader import CacheReader
+from netroller.storage.schema import LatentKey
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,7 @@ def test_shuffle_is_a_permutation_without_fixed_points():
 def test_layers_used_selects_cache_layers(tiny_cache, index_path):
     key = CacheReader(tiny_cache).key
     setup = open_latents(NetRollerConfig(cache=tiny_cache, layers_used="-1"), index_path)
-    assert setup.key["layers"] == [key.layers[-1]]
+    assert setup.key.layers == (key.layers[-1],)
     token = read_index(index_path).records[0].sample_token
     full = CachedLatents(CacheReader(tiny_cache), tuple(range(len(key.layers)))).get([token])
     last = setup.source.get([token])
@@ -150,21 +152,40 @@ def test_layers_used_selects_cache_layers(tiny_cache, index_path):
 
 
 def test_key_mismatch_names_the_field():
-    run_key = {
-        "model": "m",
-        "model_hash": "a",
-        "processor_hash": "p",
-        "prompt_hash": "q",
-        "tokens": 2,
-        "hidden_size": 64,
-        "dtype": "float16",
-        "layers": [0, 1],
-    }
+    run_key = LatentKey(
+        model="m",
+        model_hash="a",
+        processor_hash="p",
+        prompt_hash="q",
+        tokens=2,
+        hidden_size=64,
+        dtype="float16",
+        layers=(0, 1),
+    )
     with pytest.raises(CacheKeyMismatchError, match="tokens: the run was trained with 2, the latents have 1"):
-        check_key(run_key, run_key | {"tokens": 1}, where="cache")
+        run_key.check(dataclasses.replace(run_key, tokens=1), where="cache")
     with pytest.raises(CacheKeyMismatchError, match="layers: the run was trained on GM layers"):
-        check_key(run_key, run_key | {"layers": [1]}, where="cache")
-    check_key(run_key, run_key | {"layers": [0, 1, 2]}, where="cache")  # a superset is fine
+        run_key.check(dataclasses.replace(run_key, layers=(1,)), where="cache")
+    run_key.check(dataclasses.replace(run_key, layers=(0, 1, 2)), where="cache")  # a superset is fine
+    assert LatentKey.from_dict(run_key.to_dict()) == run_key
+
+
+def test_online_run_records_the_same_latent_key_as_the_cache(tiny_cache, tiny_gm, index_path):
+    online = open_latents(
+        NetRollerConfig(online=True, model=str(tiny_gm), tokens=2, layers="all"), index_path
+    )
+    assert online.key == CacheReader(tiny_cache).key.latent_key()
+
+
+def test_online_trained_run_is_evaluated_with_a_cache_of_the_same_gm(
+    index_path, tiny_cache, tiny_gm, baseline, tmp_path
+):
+    cfg = finetune_c1(index_path, tmp_path / "online", epochs=1, max_samples=2, lr=1e-3)
+    nr = NetRollerConfig(online=True, model=str(tiny_gm), tokens=2, layers="all", init=baseline)
+    run = finetune(cfg, nr)
+    assert json.loads((run / "netroller.json").read_text())["latents_key"]["model"] == tiny_gm.name
+    out = evaluate(EvalConfig(run=run, index=index_path, max_samples=2, num_plots=0, cache=tiny_cache))
+    assert (out / "metrics.json").is_file()
 
 
 def test_online_latents_equal_cached_ones(tiny_cache, tiny_gm, index_path):

@@ -137,15 +137,53 @@ def test_resume_prints_pending_shards(base, tiny_gm, tmp_path, capsys):
     assert "6 samples, 1/3 shards pending (2 samples)" in capsys.readouterr().err
 
 
-def test_verify_recomputes_a_damaged_shard(base, tiny_gm, tmp_path):
+def _zero_64_bytes_of_hidden_shard(root: Path, shard: int) -> None:
+    """Zero 64 bytes inside a committed hidden shard's sample data (same size: only a re-hash can tell)."""
+    shard_file = root / "latents.zarr" / "hidden" / "c" / str(shard) / "0" / "0" / "0"
+    data = bytearray(shard_file.read_bytes())
+    at = len(data) // 3
+    assert any(data[at : at + 64]), "the bytes to zero are already zero"
+    data[at : at + 64] = bytes(64)
+    shard_file.write_bytes(bytes(data))
+
+
+def _cli_harvest_argv(index: Path, root: Path, gm: Path, *extra: str) -> list[str]:
+    return [
+        "harvest", "--index", str(index), "--out", str(root), "--model", str(gm), "--tokens", "2",
+        "--shard-size", "2", "--workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_rerun_of_the_same_harvest_repairs_a_damaged_shard_as_cache_verify_says(
+    base, tiny_gm, tmp_path, capsys
+):
+    from netroller.cli.main import main
+
     index, reference = base
     root = _copy(reference, tmp_path)
-    shard_file = root / "latents.zarr" / "hidden" / "c" / "1" / "0" / "0" / "0"
-    data = bytearray(shard_file.read_bytes())
-    data[10] ^= 0xFF  # same size: only a re-hash can tell
-    shard_file.write_bytes(bytes(data))
-    harvest(_cfg(index, root, tiny_gm, verify=True))
+    _zero_64_bytes_of_hidden_shard(root, 1)
+    assert main(["cache", "verify", str(root)]) == 1
+    said = capsys.readouterr().err
+    assert f"damaged shard 1 of {root}" in said and "re-running the same harvest" in said
+    assert main(_cli_harvest_argv(index, root, tiny_gm)) == 0
+    err = capsys.readouterr().err
+    assert "1 damaged shard(s) will be recomputed: 1" in err
+    assert "1/3 shards pending (2 samples)" in err
     _assert_same_arrays(root, reference)
+    assert main(["cache", "verify", str(root)]) == 0
+
+
+def test_no_verify_trusts_committed_shards_and_says_so(base, tiny_gm, tmp_path, capsys):
+    from netroller.cli.main import main
+
+    index, reference = base
+    root = _copy(reference, tmp_path)
+    _zero_64_bytes_of_hidden_shard(root, 1)
+    assert main(_cli_harvest_argv(index, root, tiny_gm, "--no-verify")) == 0
+    err = capsys.readouterr().err
+    assert "--no-verify: 3 committed shard(s) trusted without re-hashing their bytes" in err
+    assert "0/3 shards pending" in err
+    assert main(["cache", "verify", str(root)]) == 1
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_gm):

@@ -55,9 +55,11 @@ def test_train_killed_after_its_first_checkpoint_resumes_to_the_same_losses(vad_
 
 
 @pytest.mark.parametrize("index_bytes", [False, True], ids=["data-bytes", "shard-index-bytes"])
-def test_damaged_shard_is_named_by_verify_and_repaired_by_harvest_verify(setup, tmp_path, index_bytes):
+def test_damaged_shard_is_named_by_verify_and_repaired_by_the_same_harvest_rerun(
+    setup, tmp_path, index_bytes
+):
     r = chaos.damaged_shard_trial(setup, tmp_path / "cache", trial=0, seed=0, index_bytes=index_bytes)
-    assert r.facts["verify_exit"] == 1
+    assert r.facts["verify_exit"] == 1 and r.facts["rerun_said_recomputed"]
     assert r.passed, r.detail
 
 

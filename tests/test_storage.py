@@ -250,10 +250,22 @@ def test_overwrite_replaces_the_cache(cache):
     assert reader.key.tokens == 1 and reader.committed_shards == []
 
 
-def test_reader_refuses_a_key_mismatch_naming_the_field(cache):
-    with pytest.raises(CacheKeyMismatchError, match=r"hidden_size: cache has 8, asked for 4096"):
-        CacheReader(cache[0], expect={"hidden_size": 4096, "layers": [0, 2]})
-    assert CacheReader(cache[0], expect={"layers": [0, 2], "splits": ("train",)}).key.tokens == T
+def test_reader_refuses_latents_other_than_the_expected_naming_the_field(cache):
+    latent = CacheReader(cache[0]).key.latent_key()
+    with pytest.raises(
+        CacheKeyMismatchError, match=r"hidden_size: the run was trained with 4096, the latents have 8"
+    ):
+        CacheReader(cache[0], expect=dataclasses.replace(latent, hidden_size=4096))
+    with pytest.raises(CacheKeyMismatchError, match=r"layers: the run was trained on GM layers \[1\]"):
+        CacheReader(cache[0], expect=dataclasses.replace(latent, layers=(1,)))
+    assert CacheReader(cache[0], expect=dataclasses.replace(latent, layers=(2,))).key.tokens == T
+
+
+def test_latent_key_ignores_the_gm_name_and_compares_the_weights_hash(cache):
+    latent = CacheReader(cache[0]).key.latent_key()
+    dataclasses.replace(latent, model="/typed/path/to/gm").check(latent, where="cache")
+    with pytest.raises(CacheKeyMismatchError, match="model_hash: the run was trained with 'other'"):
+        dataclasses.replace(latent, model_hash="other").check(latent, where="cache")
 
 
 def test_key_differences_lists_every_field():
@@ -401,7 +413,8 @@ def test_cli_verify_names_each_damaged_shard_and_exits_non_zero(cache):
     result = CliRunner().invoke(_cli(), ["cache", "verify", str(cache[0])])
     assert result.exit_code == 1
     assert (
-        "damaged shard 0 of" in result.output and "re-running the same harvest recomputes it" in result.output
+        "damaged shard 0 of" in result.output
+        and "re-running the same harvest (without --no-verify) recomputes it" in result.output
     )
 
 
