@@ -7,9 +7,10 @@ by the recovery the design promises and checked against an uninterrupted run.
 Faults, all real (no mocks): SIGKILL of a `netroller harvest` process at seeded points (in-process and Ray
 workers=1), then a check that every committed shard's bytes verify, a resume and an array-for-array
 comparison with an uninterrupted cache; a second harvest while one runs (refused); bytes overwritten in a
-committed shard (`cache verify` names it, the same harvest re-run repairs it); a full disk (a tiny tmpfs; needs
-root, else reported as skipped); cache.json / manifest.parquet damaged (every command refuses it, nothing is
-overwritten); SIGKILL of `netroller train` after its first checkpoint (`--resume` gives the same losses).
+committed shard (`cache verify` names it, the same harvest re-run repairs it); one bit flipped inside a
+sample's data (the training reader refuses that sample by name: 0 samples silently wrong); a full disk (a
+tiny tmpfs; needs root, else reported as skipped); cache.json / manifest.parquet damaged (every command
+refuses it, nothing is overwritten); SIGKILL of `netroller train` after its first checkpoint (`--resume` gives the same losses).
 tests/test_reliability.py runs these functions with few trials.
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 import psutil
 import typer
 
-from netroller.errors import ConfigError
+from netroller.errors import CacheError, ConfigError
 
 Launcher = Literal["subprocess", "fork"]
 """How a killed CLI process starts: `python -m netroller.cli.main` (real start-up, ~6 s of imports), or a
@@ -423,6 +424,70 @@ def damaged_shard_trial(
     return res
 
 
+def sample_bitflip_trial(setup: HarvestSetup, root: Path, *, trial: int, seed: int) -> TrialResult:
+    """Flip one bit inside one committed sample's data in a `hidden` shard file (not its index, not its crc);
+    the training reader must refuse exactly that sample naming it (0 samples silently wrong), and the same
+    harvest re-run must repair it."""
+    from netroller.storage.commits import expected_files
+    from netroller.storage.meta import read_meta
+    from netroller.storage.reader import CacheReader
+    from netroller.storage.shard_format import MAX_UINT64, ShardIndex, array_specs
+
+    rng = np.random.default_rng([seed, trial, 11])
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(setup.reference, root)
+    layout = read_meta(root).layout
+    ref = CacheReader(setup.reference)
+    shard = int(rng.integers(0, layout.num_shards))
+    rows = layout.shard_rows(shard)
+    candidates = [r for r in rows if ref.tokens[r] in ref]  # committed, not failed in the harvest
+    local = int(rng.choice(candidates)) - rows.start
+    path = Path(root) / expected_files(layout, shard)["hidden"]
+    spec = array_specs(layout)["hidden"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        index = ShardIndex.read(fd, os.fstat(fd).st_size, spec, where=str(path))
+    finally:
+        os.close(fd)
+    assert index.offsets[local] != MAX_UINT64  # internal invariant: a committed sample is written
+    bit = int(rng.integers(0, spec.inner_nbytes * 8))
+    at = int(index.offsets[local]) + bit // 8
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+    token = ref.tokens[rows.start + local]
+    res = TrialResult(
+        scenario="sample-bit-flip", trial=trial, fault=f"bit {bit} of sample {token} (shard {shard}) flipped"
+    )
+    t0 = time.perf_counter()
+    reader = CacheReader(root)
+    caught = silently_wrong = 0
+    for t in ref.tokens:
+        try:
+            got = reader.read([t])
+        except CacheError as err:
+            if t == token and f"sample {t} " in str(err) and "re-run the same harvest" in str(err):
+                caught += 1
+            else:
+                res.fail(f"reading {t} raised an unexpected error: {err}")
+            continue
+        want = ref.read([t])
+        if not (np.array_equal(got.present, want.present) and np.array_equal(got.hidden, want.hidden)):
+            silently_wrong += 1
+    res.facts.update(caught=caught, silently_wrong=silently_wrong)
+    if caught != 1 or silently_wrong:
+        res.fail(f"{caught} of 1 damaged sample caught, {silently_wrong} sample(s) silently wrong")
+    code, _, err = run_cli(setup.argv(root))
+    if code != 0:
+        return res.fail(f"the harvest re-run failed (exit {code}): {err.strip()}")
+    diff = first_difference(root, setup.reference)
+    if diff is not None:
+        res.fail(f"after repair, array {diff!r} differs from the uninterrupted cache")
+    res.samples_lost = samples_lost(root, setup.reference)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
 def _page_bytes(path: Path) -> int:
     return -(-path.stat().st_size // 4096) * 4096
 
@@ -679,6 +744,10 @@ def run_chaos(cfg: ChaosConfig) -> list[TrialResult]:
     for t in range(cfg.trials):
         jobs.append(("damage", lambda t=t: damaged_shard_trial(
             setup, work / "damaged", trial=t, seed=cfg.seed, index_bytes=t % 2 == 1)))  # fmt: skip
+    for t in range(cfg.trials):
+        jobs.append(
+            ("bit-flip", lambda t=t: sample_bitflip_trial(setup, work / "bitflip", trial=t, seed=cfg.seed))
+        )
     jobs.append(("disk-full", lambda: disk_full_trial(setup, work / "tmpfs")))
     for i, kind in enumerate(HOSTILE_KINDS):
         jobs.append(("hostile", lambda i=i, kind=kind: hostile_cache_trial(

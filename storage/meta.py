@@ -8,7 +8,7 @@ from pathlib import Path
 
 from netroller.errors import CacheError, MissingPathError
 from netroller.storage.atomic import write_json_atomic
-from netroller.storage.schema import CACHE_FORMAT_VERSION, CACHE_JSON, CacheKey, CacheLayout
+from netroller.storage.schema import CACHE_FORMAT_VERSION, CACHE_JSON, MIGRATE_ADVICE, CacheKey, CacheLayout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,11 @@ def read_meta(root: str | Path) -> CacheMeta:
     if not isinstance(doc, dict):
         raise CacheError(f"{path} must hold a JSON object, got {type(doc).__name__}")
     version = doc.get("format_version")
+    if version == 1:
+        raise CacheError(
+            f"{path} has format_version 1 (samples without checksums); this code reads version "
+            f"{CACHE_FORMAT_VERSION} only: {MIGRATE_ADVICE}"
+        )
     if version != CACHE_FORMAT_VERSION:
         raise CacheError(
             f"{path} has format_version {version!r}; this code reads version {CACHE_FORMAT_VERSION} only"

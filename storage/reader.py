@@ -3,7 +3,9 @@
 Each sample of `hidden` is one uncompressed inner chunk of its shard file at an offset given by the shard's
 index (see `shard_format`). The reader maps a shard's `hidden` file read-only the first time a batch touches
 it and keeps it mapped, with its index and lengths, so a batch is gathered as a numpy memmap gathers: one
-memcpy per sample from the page cache, no system call and no index read per sample.
+memcpy per sample from the page cache, no system call and no index read per sample. Every sample returned
+is checked against the crc32c stored behind its bytes (on the copy, so what is checked is what is returned);
+a mismatch is a CacheError naming the cache, shard, sample and the command that repairs it.
 
 A row is served only if its shard has a valid commit record and the sample did not fail; every other row
 comes back as zeros with `present=False`, never as zarr fill values posing as data.
@@ -49,6 +51,7 @@ from netroller.storage.shard_format import (
     array_specs,
     bf16_bits_to_float32,
     check_array_metadata,
+    chunk_crc_ok,
     index_nbytes,
     read_inner_chunk,
 )
@@ -99,6 +102,7 @@ class _MappedShard:
     checked_ns: int  # time.monotonic_ns() when the files were last found unchanged
     samples: list[memoryview | None]  # per local row: its bytes, a read-only view of the map (the views
     # keep the map alive); None for the samples the record lists as failed
+    crcs: list[int]  # per local row: the crc32c zarr stored behind its bytes (0 for failed samples)
     lengths: list[int]  # per local row
 
 
@@ -158,7 +162,8 @@ class CacheReader:
         nbytes = lay.sample_bytes()
         # np.empty, not zeros: zeroing 16 MiB first costs as much as the reads; absent rows are zeroed below.
         hidden = np.empty((b, lay.layers, lay.tokens, lay.hidden_size), dtype=lay.storage_dtype)
-        out = memoryview(hidden.reshape(-1).view(np.uint8))  # memoryview copies: the least work per sample
+        flat = hidden.reshape(-1).view(np.uint8)
+        out = memoryview(flat)  # memoryview copies: the least work per sample
         strict = self._check_commits()
         now = time.monotonic_ns()
         where, committed = self._where, self._commits
@@ -181,6 +186,9 @@ class CacheReader:
             sample = sh.samples[local]
             if sample is not None:  # None: the sample failed in the harvest
                 out[i * nbytes : (i + 1) * nbytes] = sample  # one memcpy from the mapped page cache
+                # Checked on the copy: the bytes returned are the bytes checked, even if the file changes.
+                if not chunk_crc_ok(flat[i * nbytes : (i + 1) * nbytes], sh.crcs[local]):
+                    raise CacheError(self._damaged_sample(shard, local, token))
                 got.append(i)
                 got_length.append(sh.lengths[local])
         present = np.zeros(b, dtype=bool)
@@ -215,6 +223,14 @@ class CacheReader:
         return (
             f"shard {shard} of cache {self.root} is damaged ({why}); run `netroller cache verify {self.root}` "
             "and re-run the same harvest (without --no-verify) to repair it"
+        )
+
+    def _damaged_sample(self, shard: int, local: int, token: str) -> str:
+        row = self.layout.shard_rows(shard).start + local
+        return (
+            f"sample {token} (row {row}) in shard {shard} of cache {self.root}: its bytes do not match their "
+            f"checksum (damaged data); run `netroller cache verify {self.root}` and re-run the same harvest "
+            "(without --no-verify) to recompute the shard"
         )
 
     def _commits_state(self) -> tuple[int, int, int] | None:
@@ -318,13 +334,16 @@ class CacheReader:
         failed = {self._row[t] - start for t, _ in record.failures if t in self._row}
         n = spec.inner_nbytes
         samples: list[memoryview | None] = []
+        crcs: list[int] = []
         for local, offset in enumerate(index.offsets[: len(rows)]):
             if local in failed:
                 samples.append(None)
+                crcs.append(0)
             elif offset == MAX_UINT64:  # a committed shard has every sample written (failed ones as zeros)
                 raise CacheError(self._damaged(shard, f"sample row {start + local} was never written"))
             else:
                 samples.append(data[int(offset) : int(offset) + n])
+                crcs.append(int.from_bytes(data[int(offset) + n : int(offset) + n + 4], "little"))
         return _MappedShard(
             record=record,
             path=str(path),
@@ -332,6 +351,7 @@ class CacheReader:
             commit=str(commits.commit_path(self.root, shard)),
             checked_ns=time.monotonic_ns(),
             samples=samples,
+            crcs=crcs,
             lengths=[int(x) for x in length],
         )
 

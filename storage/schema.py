@@ -24,7 +24,12 @@ from typing import Any, Literal, get_args
 
 from netroller.errors import CacheError, CacheKeyMismatchError, ConfigError
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
+# Format 1 had no per-sample checksums (no crc32c codec in the inner chunks); it is refused with this advice.
+MIGRATE_ADVICE = (
+    "rebuild it: run the same `netroller harvest` command with --overwrite (or with a new --out); "
+    "the old cache cannot be read by this version"
+)
 
 CACHE_JSON = "cache.json"
 ZARR_DIR = "latents.zarr"

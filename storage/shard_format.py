@@ -2,11 +2,12 @@
 
 zarr-python writes the arrays (one shard = S consecutive samples = one file per array). Reading a random
 batch through zarr-python costs ~0.05-0.25 GB/s, so the reader goes to the bytes itself: the arrays are
-uncompressed (bytes codec only) and the sharding codec keeps, at the end of each shard file, an index of
-(offset, nbytes) uint64 little-endian per inner chunk followed by a crc32c of that index. One inner chunk of
-`hidden` is one sample, so a sample is one contiguous byte range at a known offset. `check_array_metadata`
-makes sure the arrays are exactly of this form before the reader trusts that; `ShardIndex.parse` checks the
-index crc.
+uncompressed (bytes codec, then zarr's crc32c codec, which appends the crc32c of each inner chunk's bytes as
+4 little-endian bytes, so zarr-python checks it too), and the sharding codec keeps, at the end of each shard
+file, an index of (offset, nbytes) uint64 little-endian per inner chunk followed by a crc32c of that index.
+One inner chunk of `hidden` is one sample, so a sample is one contiguous byte range at a known offset, its
+checksum right behind it. `check_array_metadata` makes sure the arrays are exactly of this form before the
+reader trusts that; `ShardIndex.parse` checks the index crc, `chunk_crc_ok` a chunk's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import google_crc32c  # zarr's own crc32c dependency
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from netroller.errors import CacheError
 from netroller.storage.schema import HIDDEN, LENGTH, TOKEN_IDS, ZARR_DIR, CacheLayout
@@ -50,7 +52,13 @@ class ArraySpec:
 
     @property
     def inner_nbytes(self) -> int:
+        """Data bytes of one inner chunk (without its crc32c)."""
         return int(np.prod(self.inner)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes of one inner chunk in the shard file: its data and the crc32c behind it."""
+        return self.inner_nbytes + _CRC_BYTES
 
 
 def array_specs(layout: CacheLayout) -> dict[str, ArraySpec]:
@@ -79,7 +87,9 @@ def create_arrays(root: Path, layout: CacheLayout, *, logical_dtype: str) -> Non
             shards=spec.shard,
             dtype=spec.dtype,
             fill_value=spec.fill,
-            compressors=None,
+            compressors=[
+                Crc32cCodec()
+            ],  # per inner chunk (= per sample of `hidden`): a crc32c behind the bytes
             filters=None,
             # Keep all-zero samples (failed ones) as real chunks, so every committed shard is complete.
             config={"write_empty_chunks": True},
@@ -104,7 +114,7 @@ def _expected_metadata(spec: ArraySpec) -> dict[str, Any]:
                 "name": "sharding_indexed",
                 "configuration": {
                     "chunk_shape": list(spec.inner),
-                    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+                    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
                     "index_codecs": [
                         {"name": "bytes", "configuration": {"endian": "little"}},
                         {"name": "crc32c"},
@@ -173,9 +183,10 @@ class ShardIndex:
         offsets, nbytes = table[:, 0].copy(), table[:, 1].copy()
         written = offsets != MAX_UINT64
         data_end = file_size - size
-        if np.any(nbytes[written] != spec.inner_nbytes):
+        if np.any(nbytes[written] != spec.stored_nbytes):
             raise CacheError(
-                f"shard file {where}: an inner chunk is not {spec.inner_nbytes} bytes (not an uncompressed cache)"
+                f"shard file {where}: an inner chunk is not {spec.stored_nbytes} bytes "
+                "(not an uncompressed, checksummed cache)"
             )
         if np.any(offsets[written] + nbytes[written] > data_end):
             raise CacheError(f"shard file {where}: the index points past the data (damaged file)")
@@ -187,13 +198,26 @@ def index_nbytes(spec: ArraySpec) -> int:
     return spec.chunks_per_shard * _ENTRY_BYTES + _CRC_BYTES
 
 
+def chunk_crc_ok(data: np.ndarray, stored: int) -> bool:
+    """Whether the bytes of `data` (a C-contiguous array) have the crc32c `stored` (the uint32 zarr wrote)."""
+    return google_crc32c.value(data) == stored
+
+
 def read_inner_chunk(fd: int, index: ShardIndex, chunk: int, spec: ArraySpec, *, where: str) -> np.ndarray:
-    """One whole inner chunk as an array of shape `spec.inner`; fill values if it was never written."""
+    """One whole inner chunk as an array of shape `spec.inner`, its crc32c checked (CacheError naming `where`
+    and the chunk if it does not match); fill values if it was never written."""
     out = np.empty(spec.inner, dtype=np.dtype(spec.dtype).newbyteorder("<"))
     if index.offsets[chunk] == MAX_UINT64:
         out.fill(spec.fill)
-    else:
-        pread_into(fd, memoryview(out).cast("B"), int(index.offsets[chunk]), where=where)
+        return out
+    crc = np.empty(1, dtype="<u4")
+    offset = int(index.offsets[chunk])
+    pread_into(fd, memoryview(out).cast("B"), offset, where=where)
+    pread_into(fd, memoryview(crc).cast("B"), offset + spec.inner_nbytes, where=where)
+    if not chunk_crc_ok(out, int(crc[0])):
+        raise CacheError(
+            f"shard file {where}: the checksum of inner chunk {chunk} does not match (damaged data)"
+        )
     return out
 
 

@@ -63,6 +63,13 @@ def test_damaged_shard_is_named_by_verify_and_repaired_by_the_same_harvest_rerun
     assert r.passed, r.detail
 
 
+@pytest.mark.parametrize("trial", [0, 1, 2])
+def test_a_bit_flipped_inside_sample_data_is_caught_by_the_reader_and_repaired(setup, tmp_path, trial):
+    r = chaos.sample_bitflip_trial(setup, tmp_path / "cache", trial=trial, seed=0)
+    assert r.facts["caught"] == 1 and r.facts["silently_wrong"] == 0
+    assert r.passed, r.detail
+
+
 def test_full_disk_fails_in_one_line_without_committing_and_resumes(setup, tmp_path):
     r = chaos.disk_full_trial(setup, tmp_path / "tmpfs")
     if r.skipped:

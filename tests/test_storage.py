@@ -328,7 +328,15 @@ def test_other_format_version_is_refused(cache):
     doc = json.loads((cache[0] / CACHE_JSON).read_text())
     doc["format_version"] = 99
     (cache[0] / CACHE_JSON).write_text(json.dumps(doc))
-    with pytest.raises(CacheError, match="format_version 99; this code reads version 1 only"):
+    with pytest.raises(CacheError, match="format_version 99; this code reads version 2 only"):
+        CacheReader(cache[0])
+
+
+def test_cache_of_the_previous_format_is_refused_saying_how_to_rebuild_it(cache):
+    doc = json.loads((cache[0] / CACHE_JSON).read_text())
+    doc["format_version"] = 1
+    (cache[0] / CACHE_JSON).write_text(json.dumps(doc))
+    with pytest.raises(CacheError, match=r"format_version 1 \(samples without checksums\).*--overwrite"):
         CacheReader(cache[0])
 
 
@@ -462,6 +470,29 @@ def _damage_index(path: Path) -> None:
     with open(path, "r+b") as f:
         f.seek(size - 10)  # the last entry's nbytes field
         f.write(b"\xff\xff")
+
+
+def test_a_flipped_bit_inside_a_sample_is_one_error_naming_cache_shard_sample_and_repair(cache):
+    root, data = cache
+    path = _hidden_file(root, 1)  # rows 4..7
+    raw = bytearray(path.read_bytes())
+    sample_bytes = data[0].astype(np.float16).nbytes
+    raw[(sample_bytes + 4) * 2 + 3] ^= 0x10  # inside row 6's data (each sample is followed by its crc32c)
+    path.write_bytes(bytes(raw))  # same size: the commit's cheap checks pass
+    reader = CacheReader(root)
+    np.testing.assert_array_equal(reader.read(tokens([5, 7])).hidden, data[[5, 7]].astype(np.float16))
+    with pytest.raises(
+        CacheError,
+        match=rf"sample tok006 \(row 6\) in shard 1 of cache {root}: its bytes do not match their checksum "
+        rf"\(damaged data\); run `netroller cache verify {root}` and re-run the same harvest",
+    ):
+        reader.read(tokens([5, 6]))
+
+
+def test_zarr_python_reads_the_checksummed_arrays(cache):
+    root, data = cache
+    hidden = zarr.open_array(root / "latents.zarr" / "hidden", mode="r")[:]
+    np.testing.assert_array_equal(hidden, data.astype(np.float16))
 
 
 def test_shard_rewritten_after_it_was_mapped_reads_the_new_bytes(cache):
