@@ -1,11 +1,13 @@
-"""Cache read speed: CacheReader vs a numpy memmap of the same bytes vs zarr-python vs gzip pickles.
+"""Cache read speed: CacheReader (checking every sample's crc32c, and with that check off) vs a numpy memmap
+of the same bytes vs zarr-python vs gzip pickles.
 
 Builds a paper-size cache (L=32, T=1, H=4096 float16: 256 KiB per sample) with the real CacheWriter in a
 temp dir, plus the same latents as one .npy file and as one gzip pickle per sample, warms the page cache for
 all of them, then reads random batches of 64 samples. Every round reads `batches_per_round` batches with
-the reader and the memmap, then `slow_batches_per_round` with the reader, zarr-python and the pickles, the
+the reader, the reader without its per-sample checksum and the memmap, then `slow_batches_per_round` with the reader, zarr-python and the pickles, the
 methods taking turns batch by batch in changing order (`rounds.order`). read_vs_memmap_ratio of a round is
-the median over its batches of (memmap time / reader time) for the same rows read back to back; the other
+the median over its batches of (memmap time / reader time) for the same rows read back to back
+(read_vs_memmap_ratio_unverified: the same with the checksum off); the other
 ratios of a round compare the methods' median batch times; each is reported as the median over the rounds
 with its min and max.
 
@@ -157,12 +159,14 @@ def run(size: ReaderBench | None = None) -> dict:
         built = _build(tmp, size)
         _warm(tmp)
         reader = CacheReader(tmp / "cache")
+        unverified = CacheReader(tmp / "cache", verify=False)
         memmap = np.load(tmp / "latents.npy", mmap_mode="r")
         zarr_hidden = zarr.open_array(tmp / "cache" / "latents.zarr" / "hidden", mode="r")
         tokens = reader.tokens
 
         methods = {
             "cache_reader": lambda rows: reader.read([tokens[r] for r in rows]).hidden,
+            "cache_reader_unverified": lambda rows: unverified.read([tokens[r] for r in rows]).hidden,
             "memmap": lambda rows: np.ascontiguousarray(memmap[rows]),
             "zarr_python": lambda rows: np.stack([zarr_hidden[int(r)] for r in rows]),
             "gzip_pickle": lambda rows: np.stack(
@@ -185,7 +189,7 @@ def run(size: ReaderBench | None = None) -> dict:
         # batch, churning the caches and the allocator for whatever runs next). Per round and method, the
         # figure is the median of its batch times: a batch that other processes preempt (a time slice is
         # longer than a reader batch) does not decide the round.
-        fast = ("cache_reader", "memmap")
+        fast = ("cache_reader", "cache_reader_unverified", "memmap")
         slow = ("cache_reader", "zarr_python", "gzip_pickle")
         seconds: dict[str, dict[str, list[float]]] = {
             "fast": {n: [] for n in fast},
@@ -193,6 +197,7 @@ def run(size: ReaderBench | None = None) -> dict:
         }
         batch_s: list[float] = []  # every fast-group batch of the reader
         memmap_ratio: list[float] = []  # per round: median over its batches of memmap time / reader time
+        unverified_ratio: list[float] = []  # the same, for the reader without its per-sample checksum
         memmap_batch_s: list[float] = []
         k = 0
         for _ in tqdm(range(size.rounds), desc="bench reader: reading", unit="round"):
@@ -216,7 +221,10 @@ def run(size: ReaderBench | None = None) -> dict:
                     # the same rows, read back to back: the pair shares whatever load the machine had then
                     pairs = zip(spent["memmap"], spent["cache_reader"], strict=True)
                     memmap_ratio.append(statistics.median(m / c for m, c in pairs))
+                    pairs = zip(spent["memmap"], spent["cache_reader_unverified"], strict=True)
+                    unverified_ratio.append(statistics.median(m / c for m, c in pairs))
         reader.close()
+        unverified.close()
         map_s = _map_seconds(tmp / "cache", -(-size.samples // size.shard_size), size.shard_size)
 
     sample_bytes = size.layers * size.tokens * size.hidden * 2
@@ -235,6 +243,7 @@ def run(size: ReaderBench | None = None) -> dict:
         **{f"{name}_gbps": round(v, 3) for name, v in gbps.items()},
         # time ratios, memmap / reader etc.: the reader's throughput as a fraction of the other's
         **spread("read_vs_memmap_ratio", memmap_ratio),
+        **spread("read_vs_memmap_ratio_unverified", unverified_ratio),
         **spread("read_vs_pickle_ratio", per_round(slow_s["gzip_pickle"], slow_s["cache_reader"])),
         **spread("read_vs_zarr_python_ratio", per_round(slow_s["zarr_python"], slow_s["cache_reader"])),
         "cache_reader_batch_ms_median": round(1e3 * statistics.median(batch_s), 3),

@@ -44,6 +44,12 @@ def _eval(
     shuffle_latents: bool = typer.Option(
         False, "--shuffle-latents", help="Control: every sample gets another sample's latents."
     ),
+    skip_damaged: bool = typer.Option(
+        False,
+        "--skip-damaged",
+        help="Check every cached sample's checksum first; evaluate damaged ones without latents (counted) "
+        "instead of stopping at the first.",
+    ),
 ) -> None:
     from netroller.stages.evaluate import EvalConfig, evaluate, variant_name
 
@@ -62,6 +68,7 @@ def _eval(
         cache=cache,
         latent_lag=latent_lag,
         shuffle_latents=shuffle_latents,
+        skip_damaged=skip_damaged,
     )
     out = evaluate(cfg)
     typer.echo(f"eval: {out}")

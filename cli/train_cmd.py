@@ -100,6 +100,12 @@ def register(app: typer.Typer) -> None:
         layers: str = typer.Option("all", "--layers", help="--online: GM layers captured."),
         prompt: str | None = typer.Option(None, "--prompt", help="--online: question template."),
         drivelm: Path | None = typer.Option(None, "--drivelm", help="--online: DriveLM QA JSON."),
+        skip_damaged: bool = typer.Option(
+            False,
+            "--skip-damaged",
+            help="--cache: check every sample's checksum first and train without the damaged ones "
+            "(counted) instead of stopping at the first.",
+        ),
     ) -> None:
         """Train VAD, or fine-tune it with the NetRoller adapter reading GM latents (--cache / --online)."""
         from netroller.stages.train import TrainConfig, train
@@ -140,6 +146,7 @@ def register(app: typer.Typer) -> None:
                 layers=layers,
                 prompt=prompt,
                 drivelm=drivelm,
+                skip_damaged=skip_damaged,
             )
             cfg = finetune_c1(**common)
             if cfg.workers > 1:

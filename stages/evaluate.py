@@ -67,6 +67,9 @@ class EvalConfig:
     """NetRoller control: every sample gets another sample's latents (fixed permutation, no fixed points)."""
     shuffle_seed: int = 0
     """Seed of that permutation."""
+    skip_damaged: bool = False
+    """NetRoller: check every cached sample's checksum first and evaluate the damaged ones without latents
+    (counted in metrics.json), instead of stopping at the first."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -162,6 +165,8 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
         raise ConfigError(f"{cfg.run} is a NetRoller run: give the latent cache with --cache")
     trained_on = LatentKey.from_dict(meta["latents_key"])
     reader = CacheReader(cfg.cache, expect=trained_on)
+    if cfg.skip_damaged:
+        reader.leave_out(reader.damaged_samples())
     positions = tuple(reader.key.layers.index(layer) for layer in trained_on.layers)
     return CachedLatents(reader, positions)
 
@@ -195,6 +200,10 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["latent_lag"] = cfg.latent_lag
             metrics["shuffled_latents"] = cfg.shuffle_latents
             metrics["samples_without_latents"] = without_latents
+            if cfg.skip_damaged:
+                # Damaged samples of the whole cache, read as absent (counted in samples_without_latents
+                # where an evaluated sample would have read one).
+                metrics["cache_samples_damaged_left_out"] = len(latents.reader.left_out)
         (tmp / "metrics.json").write_text(metrics_json(metrics))
         write_predictions(preds, records, tmp / "predictions.parquet")
         plots = _plots(preds[: cfg.num_plots], records, dataroot, tmp / "plots")

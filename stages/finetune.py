@@ -88,6 +88,9 @@ class NetRollerConfig:
     """Seed of the shuffled-latent permutation."""
     warmup_epochs: float = 1.0
     """Linear warm-up length in epochs (the authors: 1); sets TrainConfig.warmup_steps from the data size."""
+    skip_damaged: bool = False
+    """Cache: check every sample's checksum first and train without the damaged ones (counted), instead of
+    stopping at the first; how the cache is read, not a setting of the run (not in netroller.json)."""
 
     def __post_init__(self) -> None:
         for name, enum in (("mode", AdapterMode), ("shift", ShiftPlace)):
@@ -118,6 +121,7 @@ class NetRollerConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
+        del d["skip_damaged"]
         return {
             k: str(v) if isinstance(v, Path) else (v.value if hasattr(v, "value") else v)
             for k, v in d.items()
@@ -155,6 +159,7 @@ class LatentSetup:
     cache_layers: tuple[int, ...]
     layer_positions: tuple[int, ...]
     hidden_size: int
+    damaged: frozenset[str] = frozenset()  # samples left out under skip_damaged
 
 
 def _used_layers(spec: str, available: tuple[int, ...], num_model_layers: int) -> tuple[int, ...]:
@@ -180,7 +185,11 @@ def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = 
         used = _used_layers(nr.layers_used, key.layers, key.num_model_layers)
         positions = tuple(key.layers.index(layer) for layer in used)
         run_key = key.latent_key(used)
-        return LatentSetup(CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size)
+        damaged = frozenset(reader.damaged_samples()) if nr.skip_damaged else frozenset()
+        reader.leave_out(damaged)
+        return LatentSetup(
+            CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size, damaged
+        )
 
     from netroller.models.gm.capture import LatentCapturer, resolve_layers
     from netroller.models.gm.loader import load_gm
@@ -245,7 +254,12 @@ def netroller_hooks(
     )
     without = sum(t is None for t in sources)
     reader = getattr(setup.source, "reader", None)
-    failed = sum(t is not None and t not in reader for t in sources) if reader is not None else 0
+    damaged = sum(t is not None and t in setup.damaged for t in sources)
+    failed = (
+        sum(t is not None and t not in reader and t not in setup.damaged for t in sources)
+        if reader is not None
+        else 0
+    )
     adapter_cfg = AdapterConfig(
         gm_hidden=setup.hidden_size,
         gm_layers=len(setup.layer_positions),
@@ -266,9 +280,10 @@ def netroller_hooks(
         describe={
             "samples": len(base),
             "samples_unreadable": len(base.unreadable),
-            "samples_without_latents": without + failed,
+            "samples_without_latents": without + failed + damaged,
             "no_earlier_frame_for_lag": without,
             "failed_in_harvest": failed,
+            "damaged_left_out": damaged,
             "latent_lag": nr.latent_lag,
             "shuffled": nr.shuffle_latents,
         },
@@ -294,7 +309,8 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
     print(
         f"NetRoller {nr.mode.value}/{nr.shift.value}: {d['samples']} samples, {d['samples_without_latents']} "
         f"without latents ({d['no_earlier_frame_for_lag']} before the lag's first frame, "
-        f"{d['failed_in_harvest']} failed in harvest)"
+        f"{d['failed_in_harvest']} failed in harvest"
+        + (f", {d['damaged_left_out']} damaged, left out by --skip-damaged)" if nr.skip_damaged else ")")
     )
     if not cfg.resume or not saved.is_file():
         run.mkdir(parents=True, exist_ok=True)

@@ -109,10 +109,13 @@ class _MappedShard:
 class CacheReader:
     """Read-only view of a cache; safe to use from forked DataLoader workers (maps are inherited read-only)."""
 
-    def __init__(self, root: str | Path, *, expect: LatentKey | None = None):
+    def __init__(self, root: str | Path, *, expect: LatentKey | None = None, verify: bool = True):
         """Open the cache at `root`; CacheKeyMismatchError if its latents are not those `expect` was recorded
-        for (`LatentKey.check`), CacheError naming the file if the cache is malformed."""
+        for (`LatentKey.check`), CacheError naming the file if the cache is malformed. `verify=False` skips
+        the per-sample checksum (for measuring its cost; nothing else should turn it off)."""
         self.root = Path(root)
+        self.verify = verify
+        self._left_out: frozenset[str] = frozenset()
         meta = read_meta(self.root)
         self.key: CacheKey = meta.key
         self.layout: CacheLayout = meta.layout
@@ -144,7 +147,10 @@ class CacheReader:
     def __contains__(self, token: object) -> bool:
         row = self._row.get(token) if isinstance(token, str) else None
         return (
-            row is not None and row // self.layout.shard_size in self._commits and token not in self._failed
+            row is not None
+            and row // self.layout.shard_size in self._commits
+            and token not in self._failed
+            and token not in self._left_out
         )
 
     def failures(self) -> list[tuple[str, str]]:
@@ -166,7 +172,7 @@ class CacheReader:
         out = memoryview(flat)  # memoryview copies: the least work per sample
         strict = self._check_commits()
         now = time.monotonic_ns()
-        where, committed = self._where, self._commits
+        where, committed, verify, left_out = self._where, self._commits, self.verify, self._left_out
         shards: dict[
             int, _MappedShard | None
         ] = {}  # looked up once per batch; None: not committed (any more)
@@ -174,7 +180,7 @@ class CacheReader:
         got_length: list[int] = []
         for i, token in enumerate(tokens):
             shard_local = where.get(token)
-            if shard_local is None:
+            if shard_local is None or (left_out and token in left_out):
                 continue
             shard, local = shard_local
             try:
@@ -187,7 +193,7 @@ class CacheReader:
             if sample is not None:  # None: the sample failed in the harvest
                 out[i * nbytes : (i + 1) * nbytes] = sample  # one memcpy from the mapped page cache
                 # Checked on the copy: the bytes returned are the bytes checked, even if the file changes.
-                if not chunk_crc_ok(flat[i * nbytes : (i + 1) * nbytes], sh.crcs[local]):
+                if verify and not chunk_crc_ok(flat[i * nbytes : (i + 1) * nbytes], sh.crcs[local]):
                     raise CacheError(self._damaged_sample(shard, local, token))
                 got.append(i)
                 got_length.append(sh.lengths[local])
@@ -200,6 +206,30 @@ class CacheReader:
         if lay.dtype == "bfloat16":
             hidden = bf16_bits_to_float32(hidden)
         return LatentBatch(hidden=hidden, length=length, present=present)
+
+    def damaged_samples(self) -> list[str]:
+        """Tokens of the committed samples whose bytes do not match their checksum, in row order (reads every
+        committed sample once; a shard whose files are damaged beyond that is still a CacheError)."""
+        damaged = []
+        now = time.monotonic_ns()
+        for shard in self.committed_shards:
+            sh = self._mapped(shard, True, now)
+            if sh is None:
+                continue
+            start = self.layout.shard_rows(shard).start
+            for local, sample in enumerate(sh.samples):
+                if sample is not None and not chunk_crc_ok(np.frombuffer(sample, np.uint8), sh.crcs[local]):
+                    damaged.append(self.tokens[start + local])
+        return damaged
+
+    def leave_out(self, tokens: Sequence[str]) -> None:
+        """Serve `tokens` as absent (present=False) from now on, e.g. the damaged samples under --skip-damaged."""
+        self._left_out = self._left_out | frozenset(tokens)
+
+    @property
+    def left_out(self) -> frozenset[str]:
+        """Tokens `leave_out` made absent."""
+        return self._left_out
 
     def close(self) -> None:
         """Drop every map (the memory is unmapped once no view of it is left)."""

@@ -11,7 +11,12 @@ from netroller.bench import rounds
 from netroller.bench.run import main, run_topic
 
 RATIOS = {
-    "reader": ("read_vs_memmap_ratio", "read_vs_pickle_ratio", "read_vs_zarr_python_ratio"),
+    "reader": (
+        "read_vs_memmap_ratio",
+        "read_vs_memmap_ratio_unverified",
+        "read_vs_pickle_ratio",
+        "read_vs_zarr_python_ratio",
+    ),
     "harvest": ("harvest_overhead_ratio", "harvest_scaling_2w"),
     "netroller": (
         "train_cache_overhead_ratio",
@@ -24,6 +29,7 @@ RATIOS = {
 FIGURES = {
     "reader": (
         "cache_reader_gbps",
+        "cache_reader_unverified_gbps",
         "memmap_gbps",
         "zarr_python_gbps",
         "gzip_pickle_gbps",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 from netroller.cli.main import main
 from netroller.data.index import read_index
 from netroller.data.latents import CachedLatents, derangement, latent_sources
-from netroller.errors import CacheKeyMismatchError, ConfigError
+from netroller.errors import CacheError, CacheKeyMismatchError, ConfigError
 from netroller.stages.evaluate import EvalConfig, evaluate
 from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1, open_latents
 from netroller.stages.train import TrainConfig, train
@@ -149,6 +151,61 @@ def test_layers_used_selects_cache_layers(tiny_cache, index_path):
     full = CachedLatents(CacheReader(tiny_cache), tuple(range(len(key.layers)))).get([token])
     last = setup.source.get([token])
     torch.testing.assert_close(last.hidden[:, 0], full.hidden[:, -1])
+
+
+def _flip_a_bit_of_sample(cache: Path, token: str) -> None:
+    import os
+
+    from netroller.storage.commits import expected_files
+    from netroller.storage.shard_format import ShardIndex, array_specs
+
+    reader = CacheReader(cache)
+    shard, local = divmod(reader.tokens.index(token), reader.layout.shard_size)
+    path = cache / expected_files(reader.layout, shard)["hidden"]
+    spec = array_specs(reader.layout)["hidden"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        index = ShardIndex.read(fd, os.fstat(fd).st_size, spec, where=str(path))
+    finally:
+        os.close(fd)
+    raw = bytearray(path.read_bytes())
+    raw[int(index.offsets[local]) + 5] ^= 0x04
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def damaged_cache(tiny_cache, index_path, tmp_path_factory) -> tuple[Path, str, str]:
+    """A copy of tiny_cache with one bit flipped in the first train sample and in the first val sample."""
+    root = Path(shutil.copytree(tiny_cache, tmp_path_factory.mktemp("damaged") / "cache"))
+    index = read_index(index_path)
+    train_token, val_token = index.split("train")[0].sample_token, index.split("val")[0].sample_token
+    _flip_a_bit_of_sample(root, train_token)
+    _flip_a_bit_of_sample(root, val_token)
+    return root, train_token, val_token
+
+
+def test_train_on_a_damaged_sample_stops_naming_it_and_skip_damaged_leaves_it_out(
+    index_path, damaged_cache, baseline, tmp_path, capsys
+):
+    root, train_token, _ = damaged_cache
+    args = ["train", "--index", str(index_path), "--cache", str(root), "--init", str(baseline)]
+    args += ["--epochs", "1", "--max-samples", "2"]
+    assert main([*args, "--out", str(tmp_path / "strict")]) != 0
+    err = capsys.readouterr().err
+    assert f"sample {train_token} " in err and "do not match their checksum" in err
+    assert main([*args, "--out", str(tmp_path / "skip"), "--skip-damaged"]) == 0
+    assert "1 damaged, left out by --skip-damaged" in capsys.readouterr().out
+
+
+def test_eval_with_skip_damaged_counts_the_damaged_samples(bias_run, index_path, damaged_cache):
+    root, _, val_token = damaged_cache
+    cfg = EvalConfig(
+        run=bias_run, index=index_path, max_samples=2, num_plots=0, cache=root, out_name="eval-dmg"
+    )
+    with pytest.raises(CacheError, match=f"sample {val_token} .*do not match their checksum"):
+        evaluate(cfg)
+    out = evaluate(dataclasses.replace(cfg, skip_damaged=True))
+    assert json.loads((out / "metrics.json").read_text())["cache_samples_damaged_left_out"] == 2
 
 
 def test_key_mismatch_names_the_field():

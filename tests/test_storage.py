@@ -489,6 +489,20 @@ def test_a_flipped_bit_inside_a_sample_is_one_error_naming_cache_shard_sample_an
         reader.read(tokens([5, 6]))
 
 
+def test_damaged_samples_are_found_and_left_out_on_request(cache):
+    root, data = cache
+    path = _hidden_file(root, 1)
+    raw = bytearray(path.read_bytes())
+    raw[(data[0].astype(np.float16).nbytes + 4) * 2 + 3] ^= 0x10  # inside row 6's data
+    path.write_bytes(bytes(raw))
+    reader = CacheReader(root)
+    assert reader.damaged_samples() == tokens([6])
+    reader.leave_out(reader.damaged_samples())
+    batch = reader.read(tokens([5, 6]))
+    assert batch.present.tolist() == [True, False] and tokens([6])[0] not in reader
+    assert CacheReader(root, verify=False).read(tokens([6])).present.tolist() == [True]
+
+
 def test_zarr_python_reads_the_checksummed_arrays(cache):
     root, data = cache
     hidden = zarr.open_array(root / "latents.zarr" / "hidden", mode="r")[:]
