@@ -32,7 +32,7 @@ from netroller.models.gm.capture import LatentCapturer, resolve_layers
 from netroller.models.gm.loader import LoadedGM, load_gm
 from netroller.models.gm.prompts import PromptSource
 from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
-from netroller.storage.schema import LATENT_DTYPES, CacheKey, LatentDType, ManifestRow
+from netroller.storage.schema import LATENT_DTYPES, CacheKey, LatentDType, LatentKey, ManifestRow
 from netroller.storage.writer import CacheWriter
 
 if TYPE_CHECKING:
@@ -166,17 +166,20 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     _check_layers_from_config(model_path, cfg.layers)
     gm = load_gm(model_path, device=cfg.device)
     layers = resolve_layers(cfg.layers, gm.num_layers)
-    key = CacheKey(
+    latent = LatentKey(
         model=gm.name,
         model_hash=gm.model_hash,
-        model_stand_in=gm.is_random_stand_in,
         processor_hash=gm.processor_hash,
         prompt_hash=prompts.hash(),
-        layers=layers,
-        num_model_layers=gm.num_layers,
         tokens=cfg.tokens,
         hidden_size=gm.hidden_size,
         dtype=cfg.dtype,
+        layers=layers,
+    )
+    key = CacheKey.for_latents(
+        latent,
+        model_stand_in=gm.is_random_stand_in,
+        num_model_layers=gm.num_layers,
         dataset_version=index.meta.version,
         splits=tuple(cfg.splits),
         index_hash=file_hash(cfg.index),

@@ -69,8 +69,9 @@ LATENT_KEY_FIELDS = (
 @dataclass(frozen=True, kw_only=True)
 class LatentKey:
     """What decides one sample's latents: recorded by a run (netroller.json) and checked against the latents
-    it is fed (a cache or the online GM). Built from a cache's key with `CacheKey.latent_key` and from a
-    loaded GM by the online path; both name the GM by `LoadedGM.name`."""
+    it is fed (a cache or the online GM). A harvest builds one from its GM and wraps it in the cache key
+    (`CacheKey.for_latents`); the online path builds one from its GM the same way (both name the GM by
+    `LoadedGM.name`); `CacheKey.latent_key` gives it back from a cache."""
 
     model: str
     """The GM's name (hub id or folder name); reported in messages. The weights' identity is `model_hash`."""
@@ -233,6 +234,29 @@ class CacheKey:
             if mine != theirs:
                 out.append(f"{f.name}: cache has {mine!r}, asked for {theirs!r}")
         return out
+
+    @classmethod
+    def for_latents(
+        cls,
+        latent: LatentKey,
+        *,
+        model_stand_in: bool,
+        num_model_layers: int,
+        dataset_version: str,
+        splits: tuple[str, ...],
+        index_hash: str,
+        code_version: str,
+    ) -> CacheKey:
+        """The key of a cache holding `latent`'s latents for these samples (what a harvest writes)."""
+        return cls(
+            **latent.to_dict(),
+            model_stand_in=model_stand_in,
+            num_model_layers=num_model_layers,
+            dataset_version=dataset_version,
+            splits=splits,
+            index_hash=index_hash,
+            code_version=code_version,
+        )
 
     def latent_key(self, layers: tuple[int, ...] | None = None) -> LatentKey:
         """The latent part of this key; `layers` (default: all the cache holds) must be among its layers."""
