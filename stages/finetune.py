@@ -210,16 +210,7 @@ def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = 
     source = OnlineLatents(capturer, prompts, index, index.dataroot(dataroot), dtype=nr.dtype)
     # The GM's name, as a harvest records it in the cache key (not the path as typed), so that a run
     # trained online is evaluated with a cache of the same GM.
-    run_key = LatentKey(
-        model=gm.name,
-        model_hash=gm.model_hash,
-        processor_hash=gm.processor_hash,
-        prompt_hash=prompts.hash(),
-        tokens=nr.tokens,
-        hidden_size=gm.hidden_size,
-        dtype=nr.dtype,
-        layers=used,
-    )
+    run_key = LatentKey.of_gm(gm, prompt_hash=prompts.hash(), tokens=nr.tokens, dtype=nr.dtype, layers=used)
     return LatentSetup(source, run_key, captured, tuple(range(len(used))), gm.hidden_size)
 
 

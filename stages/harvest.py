@@ -166,15 +166,8 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     _check_layers_from_config(model_path, cfg.layers)
     gm = load_gm(model_path, device=cfg.device)
     layers = resolve_layers(cfg.layers, gm.num_layers)
-    latent = LatentKey(
-        model=gm.name,
-        model_hash=gm.model_hash,
-        processor_hash=gm.processor_hash,
-        prompt_hash=prompts.hash(),
-        tokens=cfg.tokens,
-        hidden_size=gm.hidden_size,
-        dtype=cfg.dtype,
-        layers=layers,
+    latent = LatentKey.of_gm(
+        gm, prompt_hash=prompts.hash(), tokens=cfg.tokens, dtype=cfg.dtype, layers=layers
     )
     key = CacheKey.for_latents(
         latent,

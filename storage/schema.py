@@ -18,7 +18,7 @@ Files under a cache root:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -97,6 +97,22 @@ class LatentKey:
         d = asdict(self)
         d["layers"] = list(self.layers)
         return d
+
+    @classmethod
+    def of_gm(cls, gm: Any, *, prompt_hash: str, tokens: int, dtype: str, layers: Sequence[int]) -> LatentKey:
+        """The key of latents a loaded GM (`netroller.models.gm.loader.GM`: its name, weight and processor
+        hashes, width) makes from these prompts, positions, dtype and layers; what a harvest records and an
+        online run compares."""
+        return cls(
+            model=gm.name,
+            model_hash=gm.model_hash,
+            processor_hash=gm.processor_hash,
+            prompt_hash=prompt_hash,
+            tokens=tokens,
+            hidden_size=gm.hidden_size,
+            dtype=dtype,
+            layers=tuple(layers),
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LatentKey:

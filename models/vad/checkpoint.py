@@ -1,4 +1,4 @@
-"""Reading the released VAD checkpoints (mmcv format: a dict with `state_dict` and maybe `meta`) into our
+"""Reading the released VAD checkpoints (mmcv format: a dict with `state_dict` and maybe `meta`) for our
 VAD, strictly: every tensor named and shaped as the model has it, or one line saying which is not.
 
 The checkpoint's names are the model's own (`img_backbone.*`, `img_neck.*`, `pts_bbox_head.*`): no
@@ -86,10 +86,3 @@ def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Pat
             raise ModelError(
                 f"{where}: {name} has shape {tuple(weights[name].shape)}, {preset} expects {tuple(tensor.shape)}"
             )
-
-
-def load_official(model: nn.Module, path: Path, preset: str) -> None:
-    """Load a released checkpoint into `model` strictly (after `check_weights`)."""
-    weights, _ = read_checkpoint(path)
-    check_weights(model, weights, Path(path), preset)
-    model.load_state_dict(weights, strict=True)
