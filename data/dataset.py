@@ -15,7 +15,6 @@ count. A split with no readable sample at all is an error (a wrong dataroot fail
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from netroller.models.vad.batch import Batch, VADInputs
 from netroller.models.vad.config import VADConfig
 from netroller.models.vad.detector import CameraFrame
 from netroller.models.vad.map_targets import MapGT, prepare_map_gt
-from netroller.models.vad.targets import VADTargets
+from netroller.models.vad.targets import VADTargets, vad_yaw
 
 
 @dataclass
@@ -61,16 +60,6 @@ class Sample:
     map: MapGT
     ego_fut_trajs: Tensor  # [6, 2] per-step offsets
     ego_fut_masks: Tensor  # [6]
-
-
-def vad_yaw(yaw: np.ndarray) -> np.ndarray:
-    """The index's yaw (counter-clockwise from +x, lidar frame) as VAD's converter writes it."""
-    return -yaw - math.pi / 2
-
-
-def index_yaw(yaw: np.ndarray) -> np.ndarray:
-    """Inverse of `vad_yaw`."""
-    return -yaw - math.pi / 2
 
 
 def step_offsets(positions: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import torch
 from netroller.models.vad.coders import decode_detections, decode_map
 from netroller.models.vad.config import VADConfig
 from netroller.models.vad.outputs import VADOutputs
+from netroller.models.vad.targets import vad_yaw
 
 
 @dataclass
@@ -51,7 +52,7 @@ def decode(
         d, m = dets[b], maps[b]
         boxes = d.boxes.astype(np.float64).copy()
         boxes[:, 2] += boxes[:, 5] / 2  # bottom centre -> centre
-        boxes[:, 6] = -boxes[:, 6] - np.pi / 2  # VAD's yaw -> the index's
+        boxes[:, 6] = vad_yaw(boxes[:, 6])  # VAD's yaw -> the index's
         trajs = d.trajs.reshape(len(boxes), cfg.fut_mode, cfg.fut_ts, 2).cumsum(axis=2)
         preds.append(
             VADPrediction(

@@ -14,13 +14,21 @@ Conventions (those of the official info files and of what the official `loss()` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from netroller.errors import DataError
 from netroller.models.vad.map_targets import MapGT
+
+
+def vad_yaw(yaw: np.ndarray) -> np.ndarray:
+    """The index's yaw (counter-clockwise from +x, lidar frame) as VAD's converter writes it,
+    `-yaw - pi/2`; the map is its own inverse, so it also turns VAD's yaw back into the index's."""
+    return -np.asarray(yaw) - math.pi / 2
 
 
 @dataclass

@@ -23,7 +23,7 @@ NUM_BEV_QUEUE = 2
 class TemporalSelfAttention(nn.Module):
     """Deformable self-attention over the stacked (previous, current) BEVs.
 
-    The offsets and weights are predicted from the query concatenated with the first `B` value maps; the
+    The offsets and weights are predicted from the query concatenated with its sample's previous BEV; the
     output is the mean over the two frames of each frame's deformable reading, projected, dropped out and
     added to the (position-free) query.
     """
