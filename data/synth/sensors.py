@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netroller.data.index import CAMERAS
 from netroller.data.synth.geometry import quaternion_matrix
 
 NATIVE_WIDTH, NATIVE_HEIGHT = 1600, 900
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 LIDAR = "LIDAR_TOP"
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
 
