@@ -23,6 +23,7 @@ from netroller.errors import CacheError, CacheKeyMismatchError, CacheLockedError
 from netroller.storage import commits
 from netroller.storage.reader import CacheReader
 from netroller.storage.schema import (
+    CACHE_FORMAT_VERSION,
     CACHE_JSON,
     FAILURES_FILE,
     LOCK_FILE,
@@ -48,6 +49,10 @@ def make_key(**changes) -> CacheKey:
         tokens=T,
         hidden_size=H,
         dtype="float16",
+        compute_dtype="float32",
+        attn_implementation="sdpa",
+        latents="generated",
+        decode="greedy",
         dataset_version="v1.0-mini",
         splits=("train",),
         index_hash="i0",
@@ -328,7 +333,9 @@ def test_other_format_version_is_refused(cache):
     doc = json.loads((cache[0] / CACHE_JSON).read_text())
     doc["format_version"] = 99
     (cache[0] / CACHE_JSON).write_text(json.dumps(doc))
-    with pytest.raises(CacheError, match="format_version 99; this code reads version 2 only"):
+    with pytest.raises(
+        CacheError, match=f"format_version 99; this code reads version {CACHE_FORMAT_VERSION} only"
+    ):
         CacheReader(cache[0])
 
 
