@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from netroller.storage.schema import (
     COMMITS_DIR,
     FAILURES_FILE,
     HIDDEN,
+    LATENT_KEY_FIELDS,
     LENGTH,
     LOCK_FILE,
     MANIFEST_FILE,
@@ -45,6 +47,7 @@ from netroller.storage.schema import (
     CacheKey,
     CacheLayout,
     CommitRecord,
+    LatentKey,
     ManifestRow,
     ShardFileRecord,
 )
@@ -84,6 +87,37 @@ def _check_resumable(root: Path, layout: CacheLayout) -> None:
     check_array_metadata(root, layout)
 
 
+# The fields of a cache key that say which samples a cache holds and how it was built, beside its latents.
+_SAMPLE_FIELDS = tuple(f.name for f in fields(CacheKey) if f.name not in LATENT_KEY_FIELDS)
+
+
+def _latent_mismatch(asked: LatentKey, cached: LatentKey) -> tuple[str, object, object] | None:
+    """The first latent field on which a cache's latents are not those a harvest asks for, as (field, asked,
+    cached); None when they are the same latents. `LatentKey.check`'s rules (the GM's name is not compared,
+    its weights are, by `model_hash`), except that the layers must be the same: a resumed cache gets shards of
+    exactly the harvest's layers."""
+    for name in LATENT_KEY_FIELDS:
+        mine, theirs = getattr(asked, name), getattr(cached, name)
+        if name != "model" and mine != theirs:
+            return name, mine, theirs
+    return None
+
+
+def _key_differences(cached: CacheKey, asked: CacheKey) -> list[str]:
+    """One line per way the cache at hand differs from the one a harvest asks for ("tokens: cache has 2,
+    asked for 3"): the first differing latent field, then every differing sample field."""
+    diffs = []
+    latent = _latent_mismatch(asked.latent_key(), cached.latent_key())
+    if latent is not None:
+        name, mine, theirs = latent
+        diffs.append(f"{name}: cache has {theirs!r}, asked for {mine!r}")
+    for name in _SAMPLE_FIELDS:
+        theirs, mine = getattr(cached, name), getattr(asked, name)
+        if mine != theirs:
+            diffs.append(f"{name}: cache has {theirs!r}, asked for {mine!r}")
+    return diffs
+
+
 FAILURES_SCHEMA = pa.schema([("sample_token", pa.string()), ("shard", pa.int64()), ("reason", pa.string())])
 
 
@@ -108,7 +142,8 @@ class CacheWriter:
         *,
         overwrite: bool = False,
     ) -> CacheWriter:
-        """A new cache at `root`, or the existing one there if it has this key, manifest and shard size.
+        """A new cache at `root`, or the existing one there if it holds these latents (`_key_differences`)
+        for this manifest and shard size.
 
         An existing cache built for something else raises CacheKeyMismatchError naming the first differing
         field, unless `overwrite` (then it is replaced, unless a live process holds its lock).
@@ -130,7 +165,7 @@ class CacheWriter:
                 if not overwrite:
                     raise
             else:
-                diffs = old.key.differences(key)
+                diffs = _key_differences(old.key, key)
                 if old.layout.shard_size != shard_size:
                     diffs.append(f"shard_size: cache has {old.layout.shard_size}, asked for {shard_size}")
                 if old.layout.manifest_sha256 != digest:

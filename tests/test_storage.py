@@ -273,11 +273,25 @@ def test_latent_key_ignores_the_gm_name_and_compares_the_weights_hash(cache):
         dataclasses.replace(latent, model_hash="other").check(latent, where="cache")
 
 
-def test_key_differences_lists_every_field():
-    assert make_key().differences(make_key(tokens=2, splits=("val",))) == [
-        "tokens: cache has 3, asked for 2",
-        "splits: cache has ('train',), asked for ('val',)",
-    ]
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"compute_dtype": "bfloat16"}, "compute_dtype: cache has 'float32', asked for 'bfloat16'"),
+        ({"latents": "teacher-forced"}, "latents: cache has 'generated', asked for 'teacher-forced'"),
+        ({"layers": (0, 1, 2)}, r"layers: cache has \(0, 2\), asked for \(0, 1, 2\)"),
+        ({"splits": ("val",)}, r"splits: cache has \('train',\), asked for \('val',\)"),
+        ({"index_hash": "i1"}, "index_hash: cache has 'i0', asked for 'i1'"),
+        ({"code_version": "0.2.0"}, "code_version: cache has '0.1.0', asked for '0.2.0'"),
+    ],
+)
+def test_create_with_other_latents_or_samples_is_refused_naming_the_field(cache, change, message):
+    with pytest.raises(CacheKeyMismatchError, match=rf"cache .* was built for something else: {message}"):
+        CacheWriter.create(cache[0], make_key(**change), make_manifest(), S)
+
+
+def test_create_resumes_a_cache_of_the_same_weights_under_another_gm_name(cache):
+    writer = CacheWriter.create(cache[0], make_key(model="/typed/path/to/tiny-llava"), make_manifest(), S)
+    assert writer.pending_shards() == [] and writer.key == make_key()
 
 
 def test_key_round_trips_through_its_dict():
