@@ -1,74 +1,167 @@
-"""What the GM is asked: one template question for every sample, or per-sample DriveLM questions.
+"""What the GM is asked and how the question is written out: questions and answers per sample, and the
+prompt text the processor is called with.
 
-The question is wrapped Alpaca-style, as LLaMA-Adapter V2 (the paper's GM) is prompted, with the camera
-images as the processor's image tokens at the start of the instruction:
+Two prompt formats (`PromptFormat`; "auto" = "chat" when the processor has a chat template, else "alpaca"):
+- "chat": one user message through the processor's chat template, each camera's name as text beside its
+  image, then the question; rendered with the generation prompt, so the text ends where the answer starts.
+- "alpaca": the Alpaca `prompt_no_input` template LLaMA-Adapter V2 (the paper's GM) is prompted with, as the
+  authors build it: their instruction is "<image>\\n" + the DriveLM question. The Hugging Face processor
+  needs one image token per image, so the image slot holds the processor's image token once per camera:
 
-    Below is an instruction that describes a task. ...
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
     ### Instruction:
     <image><image><image><image><image><image>
     {question}
 
     ### Response:
 
-The wrapper and every question are part of `PromptSource.hash()`, hence of the cache key.
+`prompt_hash` (part of the cache key) covers the resolved format, the rendered prompt of a fixed probe
+question (so a changed chat template or image token changes it), every question and answer, and the image
+processor's settings.
 
 DriveLM format: {scene_token: {"key_frames": {sample_token: {"QA": {"perception": [{"Q": ..., "A": ...}],
-"prediction": [...], "planning": [...], "behavior": [...]}}}}}. A sample gets its first planning question,
-else its first question in file order; samples without one get the fallback template.
+"prediction": [...], "planning": [...], "behavior": [...]}}}}}. Each sample keeps its QA items in file order
+(`items_for`); its one question (`prompt_for`, `answer_for`) is its first planning item, else its first item;
+samples without items get the fallback template and no answer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Literal, get_args
 
-from netroller.errors import ConfigError, DataError, MissingPathError
+from netroller.errors import ConfigError, DataError, MissingPathError, ModelError
 
 DEFAULT_TEMPLATE = (
     "What are the important objects in the current scene? "
     "Based on them, what should the ego vehicle do next, and why?"
 )
 
+# LLaMA-Adapter V2's `prompt_no_input`, the image slot where the authors' instruction has its "<image>".
 ALPACA_WRAPPER = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{images}\n{question}\n\n### Response:"
 )
 
+PromptFormat = Literal["auto", "chat", "alpaca"]
+ResolvedFormat = Literal["chat", "alpaca"]
+
+# Rendered into the prompt hash: any change to how a prompt is written out changes the cache key.
+_PROBE_QUESTION = "What should the ego vehicle do next?"
+
 
 def format_prompt(question: str, *, image_token: str, num_images: int) -> str:
-    """The full GM prompt: the Alpaca wrapper around `num_images` image tokens and the question."""
+    """The Alpaca prompt around `num_images` image tokens and the stripped question (old API; use
+    `render_prompt(processor, question, fmt="alpaca", cameras=...)`)."""
     return ALPACA_WRAPPER.format(images=image_token * num_images, question=question.strip())
+
+
+def chat_template_of(processor: Any) -> str | None:
+    """The processor's chat template, else its tokenizer's; None when neither has one."""
+    for owner in (processor, getattr(processor, "tokenizer", None)):
+        template = getattr(owner, "chat_template", None)
+        if isinstance(template, dict):  # several named templates: the one apply_chat_template would use
+            template = template.get("default")
+        if isinstance(template, str) and template.strip():
+            return template
+    return None
+
+
+def resolve_format(processor: Any, fmt: str) -> ResolvedFormat:
+    """The format `fmt` stands for, "chat" or "alpaca" ("auto": chat when the processor has a chat template);
+    ConfigError for an unknown format or "chat" asked of a processor without a template."""
+    if fmt not in get_args(PromptFormat):
+        raise ConfigError(f"prompt format must be one of {', '.join(get_args(PromptFormat))}, got {fmt!r}")
+    has_template = chat_template_of(processor) is not None
+    if fmt == "chat" and not has_template:
+        raise ConfigError(
+            f"prompt format 'chat' needs a chat template, and the {type(processor).__name__} of this GM has none; "
+            "use --prompt-format alpaca (or auto)"
+        )
+    if fmt == "auto":
+        return "chat" if has_template else "alpaca"
+    return fmt  # type: ignore[return-value]  # "chat" or "alpaca", checked above
+
+
+def render_prompt(processor: Any, question: str, *, fmt: str, cameras: Sequence[str]) -> str:
+    """The whole prompt text for `processor(images=<one image per camera>, text=[...])`, ending where the GM's
+    answer starts. `cameras` names the images in the order they are passed; `question` is used as given."""
+    if isinstance(cameras, str) or not cameras:
+        raise ConfigError(f"a prompt needs a non-empty sequence of camera names, got {cameras!r}")
+    if not question.strip():
+        raise ConfigError("the question of a prompt is empty")
+    if resolve_format(processor, fmt) == "alpaca":
+        image_token = getattr(processor, "image_token", None)
+        if not isinstance(image_token, str) or not image_token:
+            raise ModelError(
+                f"the {type(processor).__name__} of this GM has no image_token; cannot place the camera images"
+            )
+        return ALPACA_WRAPPER.format(images=image_token * len(cameras), question=question)
+    content: list[dict[str, str]] = []
+    for camera in cameras:
+        content += [{"type": "text", "text": f"{camera}:"}, {"type": "image"}]
+    content.append({"type": "text", "text": question})
+    messages = [{"role": "user", "content": content}]
+    try:
+        return processor.apply_chat_template(
+            messages, chat_template=chat_template_of(processor), add_generation_prompt=True, tokenize=False
+        )
+    except Exception as err:  # jinja raises its own TemplateError family; one line for the user either way
+        raise ModelError(
+            f"the chat template of this GM's {type(processor).__name__} fails to render: {err}"
+        ) from err
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One DriveLM question of a sample, with its ground-truth answer when the file has one."""
+
+    category: str
+    """The QA category it is listed under ("perception", "prediction", "planning", "behavior", ...)."""
+    question: str
+    """The question, stripped of surrounding whitespace (never empty)."""
+    answer: str | None
+    """The answer as written in the file ("A"), or None when the file gives none."""
 
 
 @dataclass(frozen=True)
 class PromptSource:
-    """Gives each sample its question; build with `PromptSource.template` or `PromptSource.drivelm`."""
+    """Gives each sample its questions; build with `PromptSource.template` or `PromptSource.drivelm`."""
 
     default: str
     """The question for samples without their own."""
-    per_sample: Mapping[str, str] = field(default_factory=dict)
-    """sample_token -> question (from DriveLM)."""
+    qa: Mapping[str, tuple[QAItem, ...]] = field(default_factory=dict)
+    """sample_token -> its QA items in file order (categories, then items); only samples that have some."""
     origin: str = "template"
     """Where the questions came from, for messages and provenance."""
+    _chosen: Mapping[str, QAItem] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.default.strip():
             raise ConfigError("prompt template must not be empty")
-        object.__setattr__(self, "per_sample", MappingProxyType(dict(self.per_sample)))
+        qa = {sample: tuple(items) for sample, items in self.qa.items() if items}
+        object.__setattr__(self, "qa", MappingProxyType(qa))
+        object.__setattr__(self, "_chosen", MappingProxyType({s: _choose(items) for s, items in qa.items()}))
+
+    def __reduce__(self):
+        # Mapping proxies do not pickle; rebuild from plain dicts (Ray and worker processes receive these).
+        return (PromptSource, (self.default, dict(self.qa), self.origin))
 
     @classmethod
     def template(cls, text: str | None = None) -> PromptSource:
-        """One question for every sample: `text`, or `DEFAULT_TEMPLATE`."""
+        """One question for every sample: `text`, or `DEFAULT_TEMPLATE`; no answers."""
         return cls(default=DEFAULT_TEMPLATE if text is None else text, origin="template")
 
     @classmethod
     def drivelm(cls, path: Path, fallback: str | None = None) -> PromptSource:
-        """Per-sample questions from a DriveLM-format JSON; `fallback` (or the default) for the rest."""
+        """Per-sample questions and answers from a DriveLM-format JSON; `fallback` (or the default) for the rest."""
         path = Path(path)
         if not path.is_file():
             raise MissingPathError(f"DriveLM file {path} does not exist")
@@ -76,19 +169,37 @@ class PromptSource:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"DriveLM file {path} is not valid JSON: {err}") from err
-        questions = _drivelm_questions(data, path)
-        if not questions:
+        qa = _drivelm_items(data, path)
+        if not qa:
             raise DataError(f"DriveLM file {path} holds no questions")
-        return cls(
-            default=DEFAULT_TEMPLATE if fallback is None else fallback, per_sample=questions, origin=str(path)
-        )
+        return cls(default=DEFAULT_TEMPLATE if fallback is None else fallback, qa=qa, origin=str(path))
+
+    @property
+    def per_sample(self) -> Mapping[str, str]:
+        """sample_token -> its chosen question, for samples with QA items."""
+        return MappingProxyType({s: item.question for s, item in self._chosen.items()})
+
+    def items_for(self, sample_token: str) -> tuple[QAItem, ...]:
+        """The sample's QA items in file order; empty for a sample without any."""
+        return self.qa.get(sample_token, ())
+
+    def item_for(self, sample_token: str) -> QAItem | None:
+        """The sample's chosen QA item (first planning item, else first item); None without any."""
+        return self._chosen.get(sample_token)
 
     def prompt_for(self, sample_token: str) -> str:
-        """The question for `sample_token` (not yet wrapped: see `format_prompt`)."""
-        return self.per_sample.get(sample_token, self.default)
+        """The chosen question for `sample_token`, or the default (not yet rendered: see `render_prompt`)."""
+        item = self._chosen.get(sample_token)
+        return self.default if item is None else item.question
+
+    def answer_for(self, sample_token: str) -> str | None:
+        """The answer to the chosen question of `sample_token`; None for the default question or no "A"."""
+        item = self._chosen.get(sample_token)
+        return None if item is None else item.answer
 
     def hash(self) -> str:
-        """sha256 over the wrapper, the default question and every per-sample question."""
+        """sha256 over the Alpaca wrapper, the default and each sample's chosen question (old key: use
+        `prompt_hash`, which also covers the rendered format, the answers and the image processor)."""
         payload = {
             "wrapper": ALPACA_WRAPPER,
             "default": self.default,
@@ -97,36 +208,69 @@ class PromptSource:
         return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
-def _drivelm_questions(data: object, path: Path) -> dict[str, str]:
+def prompt_hash(source: PromptSource, processor: Any, *, fmt: str, cameras: Sequence[str]) -> str:
+    """sha256 of everything that decides the GM's text input: the resolved format, the rendered prompt of a
+    fixed probe question, the cameras, the default question, every sample's questions and answers, and the
+    image processor's settings (`to_dict()`) when the processor has one."""
+    resolved = resolve_format(processor, fmt)
+    image_processor = getattr(processor, "image_processor", None)
+    to_dict = getattr(image_processor, "to_dict", None)
+    payload = {
+        "format": resolved,
+        "probe": render_prompt(processor, _PROBE_QUESTION, fmt=resolved, cameras=cameras),
+        "cameras": list(cameras),
+        "default": source.default,
+        "qa": [
+            [sample, [[it.category, it.question, it.answer] for it in items]]
+            for sample, items in sorted(source.qa.items())
+        ],
+        "image_processor": to_dict() if callable(to_dict) else None,
+    }
+    # default=str: settings such as resampling enums or tuples have no JSON form of their own.
+    text = json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _choose(items: tuple[QAItem, ...]) -> QAItem:
+    """The first planning item, else the first item."""
+    return next((it for it in items if it.category == "planning"), items[0])
+
+
+def _drivelm_items(data: object, path: Path) -> dict[str, tuple[QAItem, ...]]:
     if not isinstance(data, dict):
         raise DataError(
             f"DriveLM file {path}: top level must be an object of scenes, got {type(data).__name__}"
         )
-    questions: dict[str, str] = {}
+    qa: dict[str, tuple[QAItem, ...]] = {}
     for scene, entry in data.items():
         frames = entry.get("key_frames") if isinstance(entry, dict) else None
         if not isinstance(frames, dict):
             raise DataError(f"DriveLM file {path}: scene {scene!r} has no 'key_frames' object")
         for sample, frame in frames.items():
-            qa = frame.get("QA") if isinstance(frame, dict) else None
-            if not isinstance(qa, dict):
+            frame_qa = frame.get("QA") if isinstance(frame, dict) else None
+            if not isinstance(frame_qa, dict):
                 raise DataError(f"DriveLM file {path}: key frame {sample!r} has no 'QA' object")
-            question = _pick_question(qa, where=f"DriveLM file {path}: key frame {sample!r}")
-            if question is not None:
-                questions[sample] = question
-    return questions
+            items = _frame_items(frame_qa, where=f"DriveLM file {path}: key frame {sample!r}")
+            if items:
+                qa[sample] = items
+    return qa
 
 
-def _pick_question(qa: dict, *, where: str) -> str | None:
-    """The first planning question, else the first question of any category, else None."""
-    for category, items in qa.items():
-        if not isinstance(items, list) or not all(
-            isinstance(it, dict) and isinstance(it.get("Q"), str) for it in items
+def _frame_items(frame_qa: dict, *, where: str) -> tuple[QAItem, ...]:
+    """A key frame's items in file order; blank questions are skipped (there is nothing to ask)."""
+    items = []
+    for category, entries in frame_qa.items():
+        if not isinstance(entries, list) or not all(
+            isinstance(it, dict) and isinstance(it.get("Q"), str) for it in entries
         ):
             raise DataError(f"{where}: QA category {category!r} must be a list of objects with a string 'Q'")
-    order = (["planning"] if "planning" in qa else []) + [c for c in qa if c != "planning"]
-    for category in order:
-        for item in qa[category]:
-            if item["Q"].strip():
-                return item["Q"].strip()
-    return None
+        for entry in entries:
+            answer = entry.get("A")
+            if answer is not None and not isinstance(answer, str):
+                raise DataError(
+                    f"{where}: QA category {category!r} has an answer 'A' that is a "
+                    f"{type(answer).__name__}, not a string"
+                )
+            if entry["Q"].strip():
+                items.append(QAItem(category=category, question=entry["Q"].strip(), answer=answer))
+    return tuple(items)
