@@ -4,8 +4,10 @@ It stands in for the paper's LLaMA-2-7B + CLIP GM so that `harvest`, the cache a
 on a laptop. Architecture: a CLIP vision tower (224 px, 32 px patches -> 49 image tokens per camera) and a
 LLaMA text model (4 layers, hidden 128), joined by LLaVA's projector; a byte-level BPE tokenizer trained
 here on the small driving corpus below; `CLIPImageProcessorPil` (resize to 224 x 224 without a crop, so the
-whole camera field of view is kept) and `LlavaProcessor`. No chat template: the GM is prompted
-Alpaca-style, as LLaMA-Adapter is (see `netroller.models.gm.prompts`).
+whole camera field of view is kept) and `LlavaProcessor`. No chat template by default: the GM is prompted
+Alpaca-style, as LLaMA-Adapter is (see `netroller.models.gm.prompts`); `TinyGMSpec(chat_template=True)` adds
+a small LLaVA-style one (USER/ASSISTANT turns, an image part rendered as the image token) to test chat prompts.
+`arch="qwen2-vl"` builds the second architecture instead, a tiny Qwen2-VL (`netroller.models.gm.tiny_qwen`).
 
 Everything is written with `save_pretrained` and read back with `AutoModelForImageTextToText` /
 `AutoProcessor`, the same path as a real checkpoint. `netroller_stand_in.json` beside the weights marks the
@@ -22,13 +24,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from netroller.errors import ConfigError, ModelError
 from netroller.storage.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from netroller.models.gm.tiny_qwen import TinyQwenSpec
+
+TinyArch = Literal["llava", "qwen2-vl"]
 
 # Bump when the architecture, the corpus or the weight recipe changes: old folders are rebuilt.
 BUILDER_VERSION = 1
@@ -102,6 +111,8 @@ class TinyGMSpec:
     """Upper bound for the BPE vocabulary; the small corpus may yield fewer tokens."""
     max_positions: int = 2048
     """Longest prompt + generation the text model accepts."""
+    chat_template: bool = False
+    """Save the processor with `LLAVA_CHAT_TEMPLATE` (the default GM has none and is prompted Alpaca-style)."""
 
     def __post_init__(self) -> None:
         for name in ("text_layers", "text_hidden", "text_heads", "text_kv_heads", "vision_hidden"):
@@ -132,23 +143,55 @@ class TinyGMSpec:
             )
 
 
-def default_tiny_gm_path() -> Path:
+# LLaVA-style turns ("USER: ... ASSISTANT:"), the parts of a message in their order, one per line, so that
+# each camera's name sits beside its image; an image part is the tokenizer's image token.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- message['role'] | upper + ': ' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<image>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+    "{{- ' ' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+def default_tiny_gm_path(arch: TinyArch = "llava") -> Path:
     """Where `harvest` without `--model` builds and finds the tiny GM: $NETROLLER_HOME or ~/.cache/netroller."""
     home = os.environ.get("NETROLLER_HOME")
     root = Path(home).expanduser() if home else Path.home() / ".cache" / "netroller"
-    return root / "gm" / f"tiny-llava-v{BUILDER_VERSION}"
+    return root / "gm" / f"tiny-{arch}-v{BUILDER_VERSION}"
 
 
-def build_tiny_gm(out: Path, *, seed: int = 0, spec: TinyGMSpec | None = None) -> Path:
-    """Build the tiny GM into `out` (a `save_pretrained` folder) and return `out`.
+def build_tiny_gm(
+    out: Path,
+    *,
+    arch: TinyArch = "llava",
+    seed: int = 0,
+    spec: TinyGMSpec | TinyQwenSpec | None = None,
+) -> Path:
+    """Build a tiny GM of `arch` into `out` (a `save_pretrained` folder) and return `out`.
 
-    Skips the work when `out` already holds a complete build of the same seed, spec and builder version.
-    The folder appears whole or not at all (built in a temporary folder, then renamed). Refuses to replace
-    a non-empty folder that is not a tiny-GM build.
+    `spec` is a `TinyGMSpec` for "llava", a `TinyQwenSpec` for "qwen2-vl" (default: the class's defaults).
+    Skips the work when `out` already holds a complete build of the same arch, seed, spec and builder
+    version. The folder appears whole or not at all (built in a temporary folder, then renamed). Refuses to
+    replace a non-empty folder that is not a tiny-GM build.
     """
+    from netroller.models.gm.tiny_qwen import TinyQwenSpec, build_qwen_into
+
+    if arch not in get_args(TinyArch):
+        raise ConfigError(f"tiny GM arch must be one of {', '.join(get_args(TinyArch))}, got {arch!r}")
+    spec_class = TinyGMSpec if arch == "llava" else TinyQwenSpec
+    spec = spec_class() if spec is None else spec
+    if not isinstance(spec, spec_class):
+        raise ConfigError(f"tiny GM arch {arch!r} takes a {spec_class.__name__}, got a {type(spec).__name__}")
     out = Path(out).expanduser()
-    spec = spec or TinyGMSpec()
-    marker = _marker(seed, spec)
+    marker = _marker(arch, seed, spec)
     if _is_complete(out, marker):
         return out
     if out.exists() and not (out / STAND_IN_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
@@ -156,7 +199,10 @@ def build_tiny_gm(out: Path, *, seed: int = 0, spec: TinyGMSpec | None = None) -
     try:
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            _build_into(tmp, seed=seed, spec=spec)
+            if arch == "llava":
+                _build_into(tmp, seed=seed, spec=spec)
+            else:
+                build_qwen_into(tmp, seed=seed, spec=spec)
             (tmp / STAND_IN_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     except OSError:
         # Another process may have renamed its own complete build into place first.
@@ -166,10 +212,11 @@ def build_tiny_gm(out: Path, *, seed: int = 0, spec: TinyGMSpec | None = None) -
     return out
 
 
-def _marker(seed: int, spec: TinyGMSpec) -> dict:
+def _marker(arch: TinyArch, seed: int, spec: TinyGMSpec | TinyQwenSpec) -> dict:
     return {
         "kind": "random-weight stand-in",
         "note": "Random weights: latents from this model carry no knowledge; use it for plumbing and tests.",
+        "arch": arch,
         "builder_version": BUILDER_VERSION,
         "seed": int(seed),
         "spec": asdict(spec),
@@ -194,27 +241,36 @@ def _build_into(folder: Path, *, seed: int, spec: TinyGMSpec) -> None:
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",  # drops CLIP's CLS token ...
         num_additional_image_tokens=1,  # ... which the patch count leaves out
+        chat_template=LLAVA_CHAT_TEMPLATE if spec.chat_template else None,
     )
     model = _random_model(len(tokenizer), seed=seed, spec=spec)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
 
-def _train_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def train_bpe(vocab_size: int, special_tokens: Sequence[str], *, unk_token: str | None = None):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on the driving corpus; `special_tokens` get ids 0.. in
+    order. Byte-level, so any question (DriveLM's carry tags like <c1,CAM_BACK,1088.3,497.5>) can be encoded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    # Byte-level, so any question (DriveLM's carry tags like <c1,CAM_BACK,1088.3,497.5>) can be encoded.
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(unk_token=unk_token))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()], trainer)
+    return tok
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe(vocab_size, SPECIAL_TOKENS, unk_token="<unk>")
     # LLaMA convention: BOS in front of every sequence, no EOS at the end of a prompt.
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", _BOS_ID)]
