@@ -3,6 +3,8 @@
 Examples:
     netroller gm tiny --out work/gm/tiny            # random-weight LLaVA stand-in, seed 0
     netroller gm tiny --out work/gm/tiny-s1 --seed 1
+    netroller gm tiny --out work/gm/tiny-chat --chat-template   # the LLaVA with a chat template
+    netroller gm tiny --arch qwen2-vl --out work/gm/tiny-qwen   # random-weight Qwen2-VL stand-in
     netroller gm info --model work/gm/tiny          # layers, width, hashes, stand-in or not
 """
 
@@ -27,18 +29,32 @@ gm_app = typer.Typer(
 def tiny(
     out: Path = typer.Option(..., "--out", help="Folder to write the model into (save_pretrained layout)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights; same seed, same weights."),
+    arch: str = typer.Option(
+        "llava",
+        "--arch",
+        help="llava (CLIP + LLaMA, prompted Alpaca-style) or qwen2-vl (Qwen2-VL with its chat template).",
+    ),
+    chat_template: bool = typer.Option(
+        False, "--chat-template", help="llava only: save a LLaVA-style chat template with the processor."
+    ),
 ) -> None:
-    """Build the tiny random-weight LLaVA GM (CLIP + LLaMA, locally trained tokenizer) into OUT.
+    """Build a tiny random-weight GM (locally trained tokenizer, nothing downloaded) into OUT.
 
-    Skips the work if OUT already holds the same build. Example: netroller gm tiny --out work/gm/tiny
+    Skips the work if OUT already holds the same build. Example: netroller gm tiny --arch qwen2-vl --out DIR
     """
-    from netroller.models.gm.tiny import build_tiny_gm
+    from netroller.errors import ConfigError
+    from netroller.models.gm.tiny import TinyGMSpec, build_tiny_gm
 
+    if chat_template and arch != "llava":
+        raise ConfigError(
+            f"--chat-template applies to --arch llava only (--arch {arch} has its own template)"
+        )
+    spec = TinyGMSpec(chat_template=True) if chat_template else None
     start = time.perf_counter()
-    path = build_tiny_gm(out, seed=seed)
+    path = build_tiny_gm(out, arch=arch, seed=seed, spec=spec)  # type: ignore[arg-type]  # checked there
     weights = path / "model.safetensors"
     typer.echo(
-        f"tiny GM (random-weight stand-in, seed {seed}) at {path}: "
+        f"tiny {arch} GM (random-weight stand-in, seed {seed}) at {path}: "
         f"{weights.stat().st_size / 2**20:.1f} MiB of weights, {time.perf_counter() - start:.1f} s"
     )
 
@@ -58,8 +74,8 @@ def info(
     typer.echo(f"model        {gm.name}{' (random-weight stand-in)' if gm.is_random_stand_in else ''}")
     typer.echo(f"class        {type(gm.model).__name__}, {params / 1e6:.2f} M parameters")
     typer.echo(f"text model   {gm.num_layers} layers, hidden {gm.hidden_size}")
-    typer.echo(f"weights      sha256 {gm.model_hash}")
-    typer.echo(f"processor    sha256 {gm.processor_hash}")
+    typer.echo(f"weights      sha256 {gm.info.model_hash}")
+    typer.echo(f"processor    sha256 {gm.info.processor_hash}")
 
 
 def register(app: typer.Typer) -> None:
