@@ -51,7 +51,7 @@ from netroller.storage.shard_format import (
     array_specs,
     bf16_bits_to_float32,
     check_array_metadata,
-    chunk_crc_ok,
+    crc32c,
     index_nbytes,
     read_inner_chunk,
 )
@@ -168,8 +168,7 @@ class CacheReader:
         nbytes = lay.sample_bytes()
         # np.empty, not zeros: zeroing 16 MiB first costs as much as the reads; absent rows are zeroed below.
         hidden = np.empty((b, lay.layers, lay.tokens, lay.hidden_size), dtype=lay.storage_dtype)
-        flat = hidden.reshape(-1).view(np.uint8)
-        out = memoryview(flat)  # memoryview copies: the least work per sample
+        out = memoryview(hidden.reshape(-1).view(np.uint8))  # memoryview copies: the least work per sample
         strict = self._check_commits()
         now = time.monotonic_ns()
         where, committed, verify, left_out = self._where, self._commits, self.verify, self._left_out
@@ -191,9 +190,11 @@ class CacheReader:
                 continue
             sample = sh.samples[local]
             if sample is not None:  # None: the sample failed in the harvest
-                out[i * nbytes : (i + 1) * nbytes] = sample  # one memcpy from the mapped page cache
-                # Checked on the copy: the bytes returned are the bytes checked, even if the file changes.
-                if verify and not chunk_crc_ok(flat[i * nbytes : (i + 1) * nbytes], sh.crcs[local]):
+                dst = out[i * nbytes : (i + 1) * nbytes]
+                dst[:] = sample  # one memcpy from the mapped page cache
+                # Checked on the copy, while it is still in the CPU's cache (a crc32c of the map would read
+                # memory a second time): the bytes returned are the bytes checked, even if the file changes.
+                if verify and crc32c(dst) != sh.crcs[local]:
                     raise CacheError(self._damaged_sample(shard, local, token))
                 got.append(i)
                 got_length.append(sh.lengths[local])
@@ -218,7 +219,7 @@ class CacheReader:
                 continue
             start = self.layout.shard_rows(shard).start
             for local, sample in enumerate(sh.samples):
-                if sample is not None and not chunk_crc_ok(np.frombuffer(sample, np.uint8), sh.crcs[local]):
+                if sample is not None and crc32c(sample) != sh.crcs[local]:
                     damaged.append(self.tokens[start + local])
         return damaged
 

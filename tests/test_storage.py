@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +32,7 @@ from netroller.storage.schema import (
     CacheKey,
     ManifestRow,
 )
-from netroller.storage.shard_format import float_to_bf16_bits
+from netroller.storage.shard_format import crc32c, float_to_bf16_bits
 from netroller.storage.verify import cache_info, verify_cache
 from netroller.storage.writer import CacheWriter
 
@@ -230,6 +231,14 @@ def test_malformed_commit_record_counts_as_damaged_and_pending(cache):
     commits.commit_path(root, 0).write_text("{not json")
     assert CacheWriter.open(root).pending_shards() == [0]
     assert verify_cache(root).damaged[0][0] == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4096, 256 * 1024 + 3])
+def test_crc32c_is_zarrs_checksum_in_one_go_and_continued(size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    want = google_crc32c.value(data.tobytes())  # what zarr's crc32c codec stores
+    assert crc32c(data) == want and crc32c(memoryview(data.tobytes())) == want
+    assert crc32c(data[size // 3 :], crc32c(data[: size // 3])) == want
 
 
 # ---- keys, overwrite ----------------------------------------------------------------------------------
@@ -622,7 +631,6 @@ def test_reader_reads_right_when_it_keeps_fewer_shards_mapped_than_a_batch_touch
 
 
 def test_committed_sample_the_index_says_never_written_is_an_error_not_fill_values(cache):
-    import google_crc32c
 
     root, _ = cache
     path = _hidden_file(root, 0)
