@@ -362,11 +362,14 @@ def test_other_format_version_is_refused(cache):
         CacheReader(cache[0])
 
 
-def test_cache_of_the_previous_format_is_refused_saying_how_to_rebuild_it(cache):
+@pytest.mark.parametrize(
+    "version, what", [(1, "samples without checksums"), (2, "no record of how the GM computed and answered")]
+)
+def test_cache_of_an_earlier_format_is_refused_saying_how_to_rebuild_it(cache, version, what):
     doc = json.loads((cache[0] / CACHE_JSON).read_text())
-    doc["format_version"] = 1
+    doc["format_version"] = version
     (cache[0] / CACHE_JSON).write_text(json.dumps(doc))
-    with pytest.raises(CacheError, match=r"format_version 1 \(samples without checksums\).*--overwrite"):
+    with pytest.raises(CacheError, match=rf"format_version {version} \({what}\).*--overwrite"):
         CacheReader(cache[0])
 
 
