@@ -43,9 +43,10 @@ def read_meta(root: str | Path) -> CacheMeta:
     if not isinstance(doc, dict):
         raise CacheError(f"{path} must hold a JSON object, got {type(doc).__name__}")
     version = doc.get("format_version")
-    if version == 1:
+    if isinstance(version, int) and 1 <= version < CACHE_FORMAT_VERSION:
+        what = {1: "samples without checksums", 2: "no record of how the GM computed and answered"}[version]
         raise CacheError(
-            f"{path} has format_version 1 (samples without checksums); this code reads version "
+            f"{path} has format_version {version} ({what}); this code reads version "
             f"{CACHE_FORMAT_VERSION} only: {MIGRATE_ADVICE}"
         )
     if version != CACHE_FORMAT_VERSION:

@@ -2,7 +2,7 @@
 
 Plain data, no I/O. A cache is trusted for a request only when its `CacheKey` equals what is asked for;
 `CacheKey.differences` names the fields that differ. `LatentKey` is the part of it that decides what one
-sample's latents are (GM, processor, prompts, T, H, dtype, layers): a run records it, and its one comparison,
+sample's latents are (GM, processor, prompts, T, H, dtype, layers, how the GM computed and answered): a run records it, and its one comparison,
 `LatentKey.check`, is what train, eval, resume and `CacheReader(expect=)` use. The format version travels
 in every file the cache writes, and readers refuse versions they do not know.
 
@@ -24,8 +24,9 @@ from typing import Any, Literal, get_args
 
 from netroller.errors import CacheError, CacheKeyMismatchError, ConfigError
 
-CACHE_FORMAT_VERSION = 2
-# Format 1 had no per-sample checksums (no crc32c codec in the inner chunks); it is refused with this advice.
+CACHE_FORMAT_VERSION = 3
+# Format 1 had no per-sample checksums (no crc32c codec in the inner chunks), format 2 no record of how the GM
+# computed (compute dtype, attention, generated or teacher-forced, decoding); both are refused with this advice.
 MIGRATE_ADVICE = (
     "rebuild it: run the same `netroller harvest` command with --overwrite (or with a new --out); "
     "the old cache cannot be read by this version"
@@ -54,6 +55,9 @@ def commit_name(shard: int) -> str:
     return f"{shard:06d}.json"
 
 
+LatentKind = Literal["generated", "teacher-forced"]
+LATENT_KINDS: tuple[str, ...] = get_args(LatentKind)
+
 LATENT_KEY_FIELDS = (
     "model",
     "model_hash",
@@ -63,7 +67,21 @@ LATENT_KEY_FIELDS = (
     "hidden_size",
     "dtype",
     "layers",
+    "compute_dtype",
+    "attn_implementation",
+    "latents",
+    "decode",
 )
+# What the code did before these fields were recorded (runs trained with such code carry keys without them).
+_LATENT_KEY_DEFAULTS = {
+    "compute_dtype": "float32",
+    "attn_implementation": "sdpa",
+    "latents": "generated",
+    "decode": "greedy",
+}
+# The one allowed difference between a run's key and the latents it is evaluated on (the authors' setting):
+# trained on teacher-forced latents, evaluated on latents the same GM generated from the same prompts.
+TEACHER_FORCED_ON_GENERATED = "trained on teacher-forced latents, evaluated on generated latents"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,9 +107,20 @@ class LatentKey:
     """Precision of the latents."""
     layers: tuple[int, ...]
     """Absolute decoder-layer indices: the ones a run is fed, or the ones latents hold."""
+    compute_dtype: str
+    """Precision the GM computed in ("bfloat16" on GPUs, "float32" on CPUs)."""
+    attn_implementation: str
+    """The GM's attention kernel ("sdpa", "eager", "flash_attention_2")."""
+    latents: LatentKind
+    """"generated": the GM answered by itself; "teacher-forced": it read the ground-truth answer."""
+    decode: str
+    """How answers were generated ("greedy", "sample(temperature=0.1,top_p=0.75,seed=0)"); "none" when
+    teacher-forced."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.latents not in LATENT_KINDS:
+            raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {self.latents!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,10 +128,20 @@ class LatentKey:
         return d
 
     @classmethod
-    def of_gm(cls, gm: Any, *, prompt_hash: str, tokens: int, dtype: str, layers: Sequence[int]) -> LatentKey:
-        """The key of latents a loaded GM (`netroller.models.gm.loader.GM`: its name, weight and processor
-        hashes, width) makes from these prompts, positions, dtype and layers; what a harvest records and an
-        online run compares."""
+    def of_gm(
+        cls,
+        gm: Any,
+        *,
+        prompt_hash: str,
+        tokens: int,
+        dtype: str,
+        layers: Sequence[int],
+        latents: str,
+        decode: str,
+    ) -> LatentKey:
+        """The key of latents a GM (`netroller.models.gm.loader.GMInfo`: its name, weight and processor
+        hashes, width, compute dtype and attention) makes from these prompts, positions, dtype and layers;
+        what a harvest records and an online run compares."""
         return cls(
             model=gm.name,
             model_hash=gm.model_hash,
@@ -112,6 +151,10 @@ class LatentKey:
             hidden_size=gm.hidden_size,
             dtype=dtype,
             layers=tuple(layers),
+            compute_dtype=gm.compute_dtype,
+            attn_implementation=gm.attn_implementation,
+            latents=latents,
+            decode=decode,
         )
 
     @classmethod
@@ -119,19 +162,28 @@ class LatentKey:
         """Parse a recorded key (netroller.json's `latents_key`); CacheError naming a missing field."""
         if not isinstance(d, Mapping):
             raise CacheError(f"latent key must be a JSON object, got {type(d).__name__}")
+        d = {**_LATENT_KEY_DEFAULTS, **d}
         missing = [name for name in LATENT_KEY_FIELDS if name not in d]
         if missing:
             raise CacheError(f"latent key is missing field {missing[0]!r}")
-        return cls(**{name: d[name] for name in LATENT_KEY_FIELDS})
+        try:
+            return cls(**{name: d[name] for name in LATENT_KEY_FIELDS})
+        except ConfigError as err:
+            raise CacheError(f"latent key is invalid: {err}") from err
 
-    def check(self, latents: LatentKey, *, where: str) -> None:
+    def check(self, latents: LatentKey, *, where: str, evaluating: bool = False) -> str | None:
         """Refuse `latents` unless they are what this key was recorded for: CacheKeyMismatchError naming the
         first differing field. Latents may hold more layers than this key uses. `model` (a name, which may be
         a hub id, a folder name or, in runs recorded before names were unified, the path as typed) is not
-        compared: the weights are identified by `model_hash`."""
+        compared: the weights are identified by `model_hash`.
+
+        `evaluating=True` allows the authors' pairing: a key recorded on teacher-forced latents accepts
+        generated latents of the same GM, prompts, layers and positions (then `latents` and `decode`
+        differ); the pairing's description (`TEACHER_FORCED_ON_GENERATED`) is returned, else None."""
+        pairing = evaluating and self.latents == "teacher-forced" and latents.latents == "generated"
         for name in LATENT_KEY_FIELDS:
             mine, theirs = getattr(self, name), getattr(latents, name)
-            if name == "model":
+            if name == "model" or (pairing and name in ("latents", "decode")):
                 continue
             if name == "layers":
                 if not set(mine) <= set(theirs):
@@ -144,6 +196,7 @@ class LatentKey:
                 raise CacheKeyMismatchError(
                     f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}{extra}"
                 )
+        return TEACHER_FORCED_ON_GENERATED if pairing else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +223,14 @@ class CacheKey:
     """H: width of the residual stream."""
     dtype: LatentDType = "float16"
     """Stored precision; bfloat16 is kept as uint16 bits."""
+    compute_dtype: str
+    """Precision the GM computed in."""
+    attn_implementation: str
+    """The GM's attention kernel."""
+    latents: LatentKind
+    """"generated" or "teacher-forced" (see `LatentKey.latents`)."""
+    decode: str
+    """How answers were generated (see `LatentKey.decode`)."""
     dataset_version: str
     """nuScenes version, e.g. "v1.0-mini"."""
     splits: tuple[str, ...]
@@ -185,7 +246,17 @@ class CacheKey:
         # Lists (from JSON or a caller) become tuples, so keys compare and hash by value.
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         object.__setattr__(self, "splits", tuple(str(x) for x in self.splits))
-        for name in ("model", "model_hash", "processor_hash", "prompt_hash", "dataset_version", "index_hash"):
+        for name in (
+            "model",
+            "model_hash",
+            "processor_hash",
+            "prompt_hash",
+            "dataset_version",
+            "index_hash",
+            "compute_dtype",
+            "attn_implementation",
+            "decode",
+        ):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"CacheKey.{name} must be a non-empty string, got {getattr(self, name)!r}")
         if not isinstance(self.code_version, str):
@@ -204,6 +275,8 @@ class CacheKey:
             )
         if self.dtype not in LATENT_DTYPES:
             raise ConfigError(f"CacheKey.dtype must be one of {LATENT_DTYPES}, got {self.dtype!r}")
+        if self.latents not in LATENT_KINDS:
+            raise ConfigError(f"CacheKey.latents must be one of {LATENT_KINDS}, got {self.latents!r}")
         if not self.splits:
             raise ConfigError("CacheKey.splits must name at least one split, got ()")
         if self.format_version != CACHE_FORMAT_VERSION:
@@ -288,6 +361,10 @@ class CacheKey:
             hidden_size=self.hidden_size,
             dtype=self.dtype,
             layers=used,
+            compute_dtype=self.compute_dtype,
+            attn_implementation=self.attn_implementation,
+            latents=self.latents,
+            decode=self.decode,
         )
 
 
