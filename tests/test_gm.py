@@ -12,10 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from netroller.cli.gm_cmd import gm_app
+from netroller.data.index import CAMERAS
 from netroller.errors import ConfigError, DataError, MissingPathError, ModelError
-from netroller.models.gm.capture import LatentCapturer, resolve_layers
+from netroller.models.gm.capture import Decoding, LatentCapturer, Query, resolve_layers, top_p_draw
 from netroller.models.gm.loader import load_gm, weights_hash
-from netroller.models.gm.prompts import DEFAULT_TEMPLATE, PromptSource, format_prompt
+from netroller.models.gm.prompts import DEFAULT_TEMPLATE, PromptSource, prompt_hash, render_prompt
 from netroller.models.gm.tiny import STAND_IN_FILE, build_tiny_gm
 
 QUESTION = "What should the ego vehicle do next?"
@@ -42,7 +43,7 @@ def _cameras(seed: int) -> list[Image.Image]:
 
 
 def _inputs(gm, images, question, extra_ids=()):
-    prompt = format_prompt(question, image_token=gm.processor.image_token, num_images=len(images))
+    prompt = render_prompt(gm.processor, question, fmt="alpaca", cameras=CAMERAS[: len(images)])
     batch = gm.processor(images=images, text=prompt, return_tensors="pt")
     if extra_ids:
         extra = torch.tensor([list(extra_ids)], dtype=batch["input_ids"].dtype)
@@ -91,7 +92,7 @@ def test_build_refuses_a_foreign_folder(tmp_path):
 def test_load_gm_reports_text_model_shape_and_stand_in(gm, tiny_gm):
     assert (gm.num_layers, gm.hidden_size) == (4, 128)
     assert gm.is_random_stand_in
-    assert gm.model_hash == weights_hash(tiny_gm) and len(gm.processor_hash) == 64
+    assert gm.info.model_hash == weights_hash(tiny_gm) and len(gm.info.processor_hash) == 64
     assert type(gm.model).__name__ == "LlavaForConditionalGeneration"
 
 
@@ -151,7 +152,7 @@ def test_resolve_layers_rejects_bad_specs(spec, message):
 
 def test_capturer_rejects_zero_tokens(gm):
     with pytest.raises(ConfigError, match="tokens must be an integer >= 1, got 0"):
-        LatentCapturer(gm, layers="all", tokens=0)
+        LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=0)
 
 
 # --- capture -----------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_capturer_rejects_zero_tokens(gm):
 
 def test_prefill_capture_equals_output_hidden_states(gm):
     images = _cameras(0)
-    cap = LatentCapturer(gm, layers="all", tokens=1).capture(images, QUESTION)
+    cap = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=1).capture(images, QUESTION)
     ref = _reference_hidden_states(gm, images, QUESTION)
     assert cap.hidden.shape == (4, 1, 128) and cap.length == 1 and cap.token_ids.shape == (0,)
     # HF LLaMA: hidden_states[i + 1] is the output of layer i, except the last entry, which is after the
@@ -174,7 +175,9 @@ def test_prefill_capture_equals_output_hidden_states(gm):
 
 def test_generated_positions_equal_a_full_forward_over_the_answer(gm):
     images = _cameras(1)
-    cap = LatentCapturer(gm, layers="0,2", tokens=4, stop_at_eos=False).capture(images, QUESTION)
+    cap = LatentCapturer(gm, cameras=CAMERAS, layers="0,2", tokens=4, stop_at_eos=False).capture(
+        images, QUESTION
+    )
     assert cap.length == 4
     ref = _reference_hidden_states(gm, images, QUESTION, extra_ids=cap.token_ids.tolist())
     prompt_end = ref[0].shape[0] - 4  # the last prompt token; generated tokens follow it
@@ -184,21 +187,23 @@ def test_generated_positions_equal_a_full_forward_over_the_answer(gm):
 
 def test_one_token_capture_is_the_prefix_of_four(gm):
     images = _cameras(2)
-    one = LatentCapturer(gm, layers="all", tokens=1).capture(images, QUESTION)
-    four = LatentCapturer(gm, layers="all", tokens=4).capture(images, QUESTION)
+    one = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=1).capture(images, QUESTION)
+    four = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=4).capture(images, QUESTION)
     np.testing.assert_allclose(four.hidden[:, :1], one.hidden, rtol=1e-5, atol=1e-4)
 
 
 def test_eos_stops_early_and_zero_pads(gm):
     images = _cameras(3)
-    full = LatentCapturer(gm, layers="all", tokens=8, stop_at_eos=False).capture(images, QUESTION)
+    full = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=8, stop_at_eos=False).capture(
+        images, QUESTION
+    )
     stop_token = int(full.token_ids[2])
     kept = full.token_ids.tolist().index(stop_token)  # tokens before the first occurrence are kept
     config = gm.model.generation_config
     saved = config.eos_token_id
     config.eos_token_id = stop_token  # make a token the model does emit act as EOS
     try:
-        cap = LatentCapturer(gm, layers="all", tokens=8).capture(images, QUESTION)
+        cap = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=8).capture(images, QUESTION)
     finally:
         config.eos_token_id = saved
     assert cap.length == 1 + kept < 8
@@ -213,8 +218,8 @@ def test_eos_stops_early_and_zero_pads(gm):
 @pytest.fixture(scope="module")
 def natural_lengths(gm):
     """Lengths at T=8 with early stopping for six image sets (sample s uses `_cameras(s)`)."""
-    capturer = LatentCapturer(gm, layers="-1", tokens=8)
-    return [c.length for c in capturer.capture_batch([(_cameras(s), QUESTION) for s in range(6)])]
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="-1", tokens=8)
+    return [c.length for c in capturer.capture_batch([Query(_cameras(s), QUESTION) for s in range(6)])]
 
 
 def test_tiny_gm_emits_eos_on_some_inputs(natural_lengths):
@@ -223,7 +228,9 @@ def test_tiny_gm_emits_eos_on_some_inputs(natural_lengths):
 
 def test_stop_at_eos_false_generates_every_token(gm, natural_lengths):
     stopped = natural_lengths.index(min(natural_lengths))
-    cap = LatentCapturer(gm, layers="-1", tokens=8, stop_at_eos=False).capture(_cameras(stopped), QUESTION)
+    cap = LatentCapturer(gm, cameras=CAMERAS, layers="-1", tokens=8, stop_at_eos=False).capture(
+        _cameras(stopped), QUESTION
+    )
     assert cap.length == 8 and (cap.token_ids >= 0).all()
 
 
@@ -233,14 +240,144 @@ def test_batch_capture_equals_per_sample_capture(gm):
         QUESTION,
         "Is there a pedestrian crossing in front of the ego car, and should it brake?",
     ]
-    items = [(_cameras(10 + i), q) for i, q in enumerate(questions)]
-    capturer = LatentCapturer(gm, layers="all", tokens=3, stop_at_eos=False)
+    items = [Query(_cameras(10 + i), q) for i, q in enumerate(questions)]
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=3, stop_at_eos=False)
     for one, batched in zip(
-        [capturer.capture(*it) for it in items], capturer.capture_batch(items), strict=True
+        [capturer.capture(q.images, q.question) for q in items], capturer.capture_batch(items), strict=True
     ):
         assert one.length == batched.length
         np.testing.assert_array_equal(one.token_ids, batched.token_ids)
         np.testing.assert_allclose(one.hidden, batched.hidden, rtol=1e-4, atol=1e-3)
+
+
+ANSWER = (
+    "A pedestrian is crossing the street at the zebra crossing ahead, so the ego vehicle should slow down."
+)
+
+
+def _joint(gm, images, question: str, answer: str) -> tuple[dict, int]:
+    """The processor's inputs of prompt + answer as one string, and the prompt's own token count."""
+    prompt = render_prompt(gm.processor, question, fmt="alpaca", cameras=CAMERAS[: len(images)])
+    full = gm.processor(images=images, text=prompt + answer, return_tensors="pt")
+    alone = gm.processor(images=images, text=prompt, return_tensors="pt")
+    return full, alone["input_ids"].shape[1]
+
+
+def test_teacher_forced_latents_equal_one_forward_over_prompt_and_answer(gm):
+    images = _cameras(4)
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="0,2", tokens=6, latents="teacher-forced")
+    cap = capturer.capture(images, QUESTION, answer=ANSWER)
+    full, prompt_len = _joint(gm, images, QUESTION, ANSWER)
+    assert full["input_ids"].shape[1] > prompt_len + 5  # T=6 keeps the last prompt token and 5 after it
+    assert cap.length == 6
+    assert cap.token_ids.tolist() == full["input_ids"][0, prompt_len : prompt_len + 5].tolist()
+    with torch.inference_mode():
+        ref = [h[0].numpy() for h in gm.model(**full, output_hidden_states=True).hidden_states]
+    for row, layer in enumerate((0, 2)):
+        np.testing.assert_allclose(
+            cap.hidden[row], ref[layer + 1][prompt_len - 1 : prompt_len + 5], rtol=1e-5, atol=1e-4
+        )
+
+
+def test_teacher_forced_short_answer_gives_a_shorter_length(gm):
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=64, latents="teacher-forced")
+    cap = capturer.capture(_cameras(5), QUESTION, answer="Stop.")
+    full, prompt_len = _joint(gm, _cameras(5), QUESTION, "Stop.")
+    n = full["input_ids"].shape[1] - prompt_len
+    assert cap.length == 1 + n < 64
+    assert not cap.hidden[:, cap.length :].any() and (cap.token_ids[n:] == -1).all()
+
+
+def test_teacher_forced_batch_equals_per_sample(gm):
+    queries = [
+        Query(_cameras(20), "Stop?", "Yes, the light is red."),
+        Query(_cameras(21), QUESTION, ANSWER),
+        Query(_cameras(22), "Is the road clear?", "No."),
+    ]
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=8, latents="teacher-forced")
+    for q, batched in zip(queries, capturer.capture_batch(queries), strict=True):
+        one = capturer.capture(q.images, q.question, answer=q.answer)
+        assert one.length == batched.length
+        np.testing.assert_array_equal(one.token_ids, batched.token_ids)
+        np.testing.assert_allclose(one.hidden, batched.hidden, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forcing_without_an_answer_is_refused(gm):
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=4, latents="teacher-forced")
+    with pytest.raises(ConfigError, match="teacher-forced latents need each sample's answer; sample s7"):
+        capturer.capture(_cameras(0), QUESTION, key="s7")
+
+
+SAMPLE = Decoding(mode="sample", temperature=1.0, top_p=0.95, seed=3)
+
+
+def test_sampled_answers_are_reproducible_per_sample_whatever_the_batch(gm):
+    capturer = LatentCapturer(gm, cameras=CAMERAS, layers="-1", tokens=6, decoding=SAMPLE, stop_at_eos=False)
+    alone = capturer.capture(_cameras(30), QUESTION, key="sample-a")
+    again = capturer.capture(_cameras(30), QUESTION, key="sample-a")
+    batch = capturer.capture_batch(
+        [Query(_cameras(31), "Stop?", key="sample-b"), Query(_cameras(30), QUESTION, key="sample-a")]
+    )
+    np.testing.assert_array_equal(alone.token_ids, again.token_ids)
+    np.testing.assert_array_equal(alone.hidden, again.hidden)
+    np.testing.assert_array_equal(alone.token_ids, batch[1].token_ids)
+    np.testing.assert_allclose(alone.hidden, batch[1].hidden, rtol=1e-4, atol=1e-3)
+
+
+def test_sampling_depends_on_the_seed_and_differs_from_greedy(gm):
+    images = _cameras(30)
+    greedy = LatentCapturer(gm, cameras=CAMERAS, layers="-1", tokens=8, stop_at_eos=False)
+    runs = {
+        seed: LatentCapturer(
+            gm,
+            cameras=CAMERAS,
+            layers="-1",
+            tokens=8,
+            decoding=Decoding(mode="sample", temperature=1.0, top_p=0.95, seed=seed),
+            stop_at_eos=False,
+        )
+        .capture(images, QUESTION, key="sample-a")
+        .token_ids.tolist()
+        for seed in range(4)
+    }
+    assert len({tuple(t) for t in runs.values()}) > 1
+    assert greedy.capture(images, QUESTION).token_ids.tolist() not in runs.values()
+
+
+def test_top_p_draw_keeps_only_the_nucleus():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    gen = torch.Generator().manual_seed(0)
+    # Sorted: 0.5, 0.3, 0.15, 0.05; a token is kept while the mass before it is <= 0.75: 0.5 and 0.3.
+    draws = {top_p_draw(probs, 0.75, gen) for _ in range(200)}
+    assert draws == {1, 3}
+    assert {top_p_draw(probs, 0.01, gen) for _ in range(50)} == {1}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_p": 0.0}, r"top-p must lie in \(0, 1\], got 0.0"),
+        ({"top_p": 1.5}, r"top-p must lie in \(0, 1\], got 1.5"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"mode": "beam"}, "decode must be one of greedy, sample, got 'beam'"),
+    ],
+)
+def test_bad_decoding_is_one_clear_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Decoding(**kwargs)
+
+
+def test_bfloat16_batch_equals_per_sample_within_its_precision(gm, tiny_gm):
+    """Batching (padding) moves bfloat16 latents no further than bfloat16 itself moves them from float32."""
+    gm16 = load_gm(tiny_gm, dtype="bfloat16", fingerprint=False)
+    assert gm16.info.compute_dtype == "bfloat16" and gm16.model.dtype == torch.bfloat16
+    queries = [Query(_cameras(40 + i), q) for i, q in enumerate(["Stop?", QUESTION])]
+    capturer = LatentCapturer(gm16, cameras=CAMERAS, layers="all", tokens=1)
+    exact = LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=1)
+    for q, batched in zip(queries, capturer.capture_batch(queries), strict=True):
+        one = capturer.capture(q.images, q.question)
+        dtype_error = np.abs(one.hidden - exact.capture(q.images, q.question).hidden).max()
+        assert np.abs(one.hidden - batched.hidden).max() <= 2 * dtype_error
 
 
 # --- prompts -----------------------------------------------------------------------------------------
@@ -255,9 +392,11 @@ def test_template_defaults_to_the_default_question():
     assert PromptSource.template().prompt_for("any") == DEFAULT_TEMPLATE
 
 
-def test_prompt_hash_depends_on_the_question():
-    assert PromptSource.template("a?").hash() != PromptSource.template("b?").hash()
-    assert PromptSource.template("a?").hash() == PromptSource.template("a?").hash()
+def test_prompt_hash_depends_on_the_question(gm):
+    def key(question: str) -> str:
+        return prompt_hash(PromptSource.template(question), gm.processor, fmt="auto", cameras=CAMERAS)
+
+    assert key("a?") != key("b?") and key("a?") == key("a?")
 
 
 def test_drivelm_picks_the_first_planning_question(tmp_path):

@@ -2,28 +2,42 @@
 
 What is captured (as in the authors' code): the output of each chosen decoder layer of the text model
 (the residual stream after the layer, before the final norm), at the last prompt token and then at each
-generated token, greedy decoding, until `T - 1` tokens are generated or the model emits EOS. Position 0 is
-the prefill; position t >= 1 is the forward pass that reads generated token t. EOS itself is not kept (it is
-never read back in), so a sample that stops early has `length < T` and zeros after `length`.
+answer token, until `T - 1` answer tokens or EOS. Position 0 is the last prompt token; position t >= 1 is the
+token t of the answer. EOS itself is not kept (it is never read back in), so a sample that stops early has
+`length < T` and zeros after `length`. The answer is either
+- generated (`latents="generated"`): greedy, or sampled with temperature and top-p (the authors' test
+  setting: 0.1 / 0.75) from a generator seeded per sample (its key, e.g. the sample token, and a run seed),
+  so a sample's answer does not depend on which batch, worker or resumed run computes it; or
+- teacher-forced (`latents="teacher-forced"`, the authors' training setting): the GM reads the prompt plus
+  the sample's ground-truth answer in one forward pass. As the authors do, the text prompt + answer is
+  tokenized as one string, and the kept positions start at the prompt's own last token (the prompt tokenized
+  alone): where a tokenizer merges across the boundary, both sides agree with the authors' labels mask.
 
-Forward hooks on the chosen layers copy only the last position of each step: all layers times all steps
-are never held. `T = 1` is a single prefill forward without `generate`.
+Forward hooks on the chosen layers copy only the positions kept (the last one of each generation step, or
+the gathered prompt-end and answer positions of a teacher-forced pass): all layers times all positions are
+never held. Generated `T = 1` is a single prefill forward without `generate`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from netroller.errors import ConfigError, ModelError
-from netroller.models.gm.loader import LoadedGM
-from netroller.models.gm.prompts import format_prompt
+from netroller.models.gm.loader import AttnImplementation, GMDtype, LoadedGM, load_gm
+from netroller.models.gm.prompts import PromptFormat, render_prompt, resolve_format
+from netroller.storage.schema import LATENT_KINDS, LatentKind
+
+DecodeMode = Literal["greedy", "sample"]
+DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)
 
 
 def resolve_layers(spec: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
@@ -59,6 +73,82 @@ def resolve_layers(spec: str | Sequence[int], num_layers: int) -> tuple[int, ...
     return tuple(sorted(resolved))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Decoding:
+    """How generated answers are decoded; `describe()` is what the cache key records."""
+
+    mode: DecodeMode = "greedy"
+    """"greedy", or "sample": temperature + nucleus (top-p) sampling."""
+    temperature: float = 0.1
+    """Softmax temperature for "sample" (the authors' 0.1); > 0."""
+    top_p: float = 0.75
+    """Nucleus mass for "sample" (the authors' 0.75), in (0, 1]."""
+    seed: int = 0
+    """Run seed; each sample's generator is seeded from it and the sample's key."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in DECODE_MODES:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.mode!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must lie in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def describe(self) -> str:
+        if self.mode == "greedy":
+            return "greedy"
+        return f"sample(temperature={self.temperature:g},top_p={self.top_p:g},seed={self.seed})"
+
+
+def sample_seed(key: str, seed: int) -> int:
+    """The generator seed of one sample: a hash of the run seed and the sample's key (63 bits)."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def top_p_draw(probs: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
+    """One token from `probs` [V] (float32, CPU): the smallest set of most probable tokens whose mass reaches
+    `top_p` (a token is kept while the mass before it is <= top_p, as the authors' rule), renormalised."""
+    sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+    before = torch.cumsum(sorted_probs, dim=0) - sorted_probs
+    sorted_probs = torch.where(before > top_p, torch.zeros_like(sorted_probs), sorted_probs)
+    pick = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+    return int(order[pick])
+
+
+class _SeededSampler:
+    """A logits processor that samples each row with its own generator and leaves only that token
+    (greedy decoding then takes it): per-sample reproducible, whatever the batch."""
+
+    def __init__(self, seeds: Sequence[int], decoding: Decoding):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.decoding = decoding
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # Softmax in float32 on the CPU: the draw must not depend on the device or the GM's dtype kernels.
+        probs = torch.softmax(scores.detach().float().cpu() / self.decoding.temperature, dim=-1)
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            chosen[row, top_p_draw(probs[row], self.decoding.top_p, generator)] = 0.0
+        return chosen
+
+
+@dataclass(frozen=True)
+class Query:
+    """One sample as the GM sees it."""
+
+    images: Sequence
+    """Camera images (PIL), in `CAMERAS` order."""
+    question: str
+    """The question, not yet wrapped in the prompt format."""
+    answer: str | None = None
+    """The ground-truth answer (teacher forcing reads it)."""
+    key: str = ""
+    """What seeds this sample's sampling (its sample token)."""
+
+
 @dataclass(frozen=True)
 class CapturedLatents:
     """One sample's latents."""
@@ -66,100 +156,208 @@ class CapturedLatents:
     hidden: np.ndarray
     """[L, T, H] float32; positions >= length are zeros."""
     length: int
-    """Valid positions: 1 (the prefill) + generated tokens kept."""
+    """Valid positions: 1 (the last prompt token) + answer tokens kept."""
     token_ids: np.ndarray
-    """[T-1] int64 generated token ids, -1 after the kept ones."""
+    """[T-1] int64 answer token ids (generated or read), -1 after the kept ones."""
+
+
+@dataclass
+class _Capture:
+    """Where the hooks put what they copy: per layer, one [B, H] tensor per generation step, or one
+    [B, T, H] tensor gathered at `positions` [B, T] in a teacher-forced pass."""
+
+    layers: tuple[int, ...]
+    positions: torch.Tensor | None = None
+    steps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.steps = {layer: [] for layer in self.layers}
 
 
 class LatentCapturer:
-    """Runs a loaded GM on (camera images, question) and returns its latents at the chosen layers."""
+    """Runs a loaded GM on samples (camera images, question, answer) and returns its latents at the chosen
+    layers."""
 
     def __init__(
-        self, gm: LoadedGM, *, layers: str | Sequence[int], tokens: int, stop_at_eos: bool = True
+        self,
+        gm: LoadedGM,
+        *,
+        layers: str | Sequence[int],
+        tokens: int,
+        cameras: Sequence[str],
+        latents: LatentKind = "generated",
+        decoding: Decoding = Decoding(),
+        prompt_format: PromptFormat = "auto",
+        stop_at_eos: bool = True,
     ) -> None:
-        """`layers` as `resolve_layers` accepts them; `tokens` = T >= 1 positions per sample.
+        """`layers` as `resolve_layers` accepts them; `tokens` = T >= 1 positions per sample; `cameras` names
+        the images of every sample, in their order (the chat prompt states them).
 
         `stop_at_eos=False` suppresses EOS, so `T - 1` tokens are always generated (benchmarks use it to time
         full-length decoding).
         """
         if isinstance(tokens, bool) or not isinstance(tokens, int | np.integer) or tokens < 1:
             raise ConfigError(f"tokens must be an integer >= 1, got {tokens!r}")
+        if latents not in LATENT_KINDS:
+            raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {latents!r}")
         self.gm = gm
+        self.cameras = tuple(cameras)
         self.layers = resolve_layers(layers, gm.num_layers)
         self.tokens = int(tokens)
+        self.latents = latents
+        self.decoding = decoding
+        self.prompt_format = resolve_format(gm.processor, prompt_format)
         self.stop_at_eos = stop_at_eos
         self._modules = _decoder_layers(gm.model, gm.num_layers)
-        self._image_token = getattr(gm.processor, "image_token", None)
-        if not isinstance(self._image_token, str):
-            raise ModelError(f"the processor of {gm.name} has no image_token; cannot place the camera images")
-        tokenizer = getattr(gm.processor, "tokenizer", None)
-        self._can_batch = tokenizer is not None and tokenizer.pad_token_id is not None
-        # The prefill-only pass needs logits for the last position alone (a 7B vocab x prompt is large).
+        self._tokenizer = getattr(gm.processor, "tokenizer", None)
+        if self._tokenizer is None:
+            raise ModelError(f"the processor of {gm.name} has no tokenizer")
+        self._can_batch = self._tokenizer.pad_token_id is not None
+        # Passes that need no new token need logits for the last position alone (a 7B vocab x prompt is large).
         accepts = inspect.signature(gm.model.forward).parameters
-        self._prefill_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
 
-    def capture(self, images: Sequence, prompt: str) -> CapturedLatents:
-        """Latents for one sample: its camera images (PIL, in `CAMERAS` order) and its question."""
-        return self._run([(images, prompt)])[0]
+    @property
+    def decode(self) -> str:
+        """What the cache key records as the decoding: "none" for teacher-forced latents."""
+        return "none" if self.latents == "teacher-forced" else self.decoding.describe()
 
-    def capture_batch(self, items: Sequence[tuple[Sequence, str]]) -> list[CapturedLatents]:
-        """Latents for several samples in one `generate` call (left padding); per sample if it cannot pad."""
+    def capture(
+        self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
+    ) -> CapturedLatents:
+        """Latents for one sample: its camera images (PIL, in `CAMERAS` order), question, answer and key."""
+        return self._run([Query(images, question, answer, key)])[0]
+
+    def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]:
+        """Latents for several samples in one pass (padded); per sample if the tokenizer cannot pad."""
         if not self._can_batch:
-            return [self.capture(images, prompt) for images, prompt in items]
-        return self._run(list(items)) if items else []
+            return [self._run([q])[0] for q in queries]
+        return self._run(list(queries)) if queries else []
 
-    def _run(self, items: list[tuple[Sequence, str]]) -> list[CapturedLatents]:
-        for images, prompt in items:
-            if len(images) == 0:
-                raise ConfigError("each sample needs at least one camera image, got none")
-            if not prompt.strip():
-                raise ConfigError("the prompt of a sample is empty")
-        inputs = self._inputs(items)
-        steps: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
-        with self._hooks(steps), torch.inference_mode():
-            if self.tokens == 1:
-                self.gm.model(**inputs, **self._prefill_kwargs)
-                generated = torch.empty((len(items), 0), dtype=torch.long)
-            else:
-                out = self.gm.model.generate(**inputs, generation_config=self._generation_config())
-                generated = out[:, inputs["input_ids"].shape[1] :].cpu()
-        # [L, S, B, H] -> [B, L, S, H]; S = forward passes run (T, or fewer when every sample stopped early).
-        stacked = torch.stack([torch.stack(steps[layer]) for layer in self.layers]).permute(2, 0, 1, 3)
-        stacked = stacked.cpu().numpy()
-        return [self._one(stacked[b], generated[b].tolist()) for b in range(len(items))]
+    def _run(self, queries: list[Query]) -> list[CapturedLatents]:
+        for q in queries:
+            if not 0 < len(q.images) <= len(self.cameras):
+                raise ConfigError(
+                    f"each sample needs 1 to {len(self.cameras)} camera images, got {len(q.images)}"
+                )
+            if not q.question.strip():
+                raise ConfigError("the question of a sample is empty")
+            if self.latents == "teacher-forced" and q.answer is None:
+                raise ConfigError(
+                    f"teacher-forced latents need each sample's answer; sample {q.key or '?'} has none "
+                    "(give a DriveLM file whose QA items have answers)"
+                )
+        inputs = self._prompt_inputs(queries)
+        if self.latents == "teacher-forced":
+            return self._teacher_forced(queries, inputs)
+        return self._generated(queries, inputs)
 
-    def _inputs(self, items: list[tuple[Sequence, str]]) -> dict:
-        texts = [format_prompt(q, image_token=self._image_token, num_images=len(imgs)) for imgs, q in items]
-        images = [img for imgs, _ in items for img in imgs]
-        batch = self.gm.processor(images=images, text=texts, padding=True, return_tensors="pt")
+    def _render(self, q: Query) -> str:
+        return render_prompt(
+            self.gm.processor, q.question, fmt=self.prompt_format, cameras=self.cameras[: len(q.images)]
+        )
+
+    def _prompt_inputs(self, queries: list[Query]) -> dict:
+        texts = [self._render(q) for q in queries]
+        images = [img for q in queries for img in q.images]
+        return dict(self.gm.processor(images=images, text=texts, padding=True, return_tensors="pt"))
+
+    def _to_model(self, inputs: dict) -> dict:
         model = self.gm.model
         return {
             k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype)
-            for k, v in batch.items()
+            for k, v in inputs.items()
         }
+
+    def _generated(self, queries: list[Query], inputs: dict) -> list[CapturedLatents]:
+        capture = _Capture(self.layers)
+        with self._hooks(capture), torch.inference_mode():
+            if self.tokens == 1:
+                self.gm.model(**self._to_model(inputs), **self._last_logits)
+                generated = torch.empty((len(queries), 0), dtype=torch.long)
+            else:
+                extra = {}
+                if self.decoding.mode == "sample":
+                    from transformers import LogitsProcessorList
+
+                    seeds = [sample_seed(q.key, self.decoding.seed) for q in queries]
+                    extra["logits_processor"] = LogitsProcessorList([_SeededSampler(seeds, self.decoding)])
+                out = self.gm.model.generate(
+                    **self._to_model(inputs), generation_config=self._generation_config(), **extra
+                )
+                generated = out[:, inputs["input_ids"].shape[1] :].cpu()
+        # [L, S, B, H] -> [B, L, S, H]; S = forward passes run (T, or fewer when every sample stopped early).
+        stacked = torch.stack([torch.stack(capture.steps[layer]) for layer in self.layers]).permute(
+            2, 0, 1, 3
+        )
+        stacked = stacked.cpu().numpy()
+        return [self._cut(stacked[b], generated[b].tolist()) for b in range(len(queries))]
+
+    def _teacher_forced(self, queries: list[Query], prompts: dict) -> list[CapturedLatents]:
+        """One forward over prompt + answer per sample, right-padded (causal attention never looks right, so
+        no position of a shorter row sees padding and no position ids need shifting)."""
+        texts = [self._render(q) + q.answer for q in queries]
+        images = [img for q in queries for img in q.images]
+        inputs = dict(self.gm.processor(images=images, text=texts, padding=True, return_tensors="pt"))
+        mask = inputs["attention_mask"].bool()
+        prompt_len = prompts["attention_mask"].sum(dim=1).tolist()
+        # Kept: the last prompt token and up to T-1 tokens after it; nothing later is computed.
+        ends = [
+            min(int(n), p + self.tokens - 1)
+            for n, p in zip(mask.sum(dim=1).tolist(), prompt_len, strict=True)
+        ]
+        width = max(ends)
+        per_token = [k for k, v in inputs.items() if torch.is_tensor(v) and v.shape == mask.shape]
+        full = {k: torch.zeros((len(queries), width), dtype=inputs[k].dtype) for k in per_token}
+        positions = torch.zeros((len(queries), self.tokens), dtype=torch.long)
+        answers = []
+        for b, (p, end) in enumerate(zip(prompt_len, ends, strict=True)):
+            for k in per_token:
+                full[k][b, :end] = inputs[k][b][mask[b]][:end]
+            answers.append(full["input_ids"][b, p:end].tolist())
+            # Position 0: the last prompt token; t >= 1: answer token t (padded rows repeat their last one).
+            kept = torch.arange(p - 1, end)
+            positions[b, : len(kept)] = kept
+            positions[b, len(kept) :] = kept[-1]
+        rest = {k: v for k, v in inputs.items() if k not in per_token}
+        capture = _Capture(self.layers, positions=positions)
+        with self._hooks(capture), torch.inference_mode():
+            self.gm.model(**self._to_model({**rest, **full}), **self._last_logits)
+        # [L, B, T, H] -> [B, L, T, H]
+        stacked = torch.stack([capture.steps[layer][0] for layer in self.layers]).permute(1, 0, 2, 3)
+        stacked = stacked.cpu().numpy()
+        results = []
+        for b, ans in enumerate(answers):
+            length = 1 + len(ans)
+            hidden = np.zeros((len(self.layers), self.tokens, stacked.shape[3]), dtype=np.float32)
+            hidden[:, :length] = stacked[b, :, :length]
+            token_ids = np.full(self.tokens - 1, -1, dtype=np.int64)
+            token_ids[: len(ans)] = ans
+            results.append(CapturedLatents(hidden=hidden, length=length, token_ids=token_ids))
+        return results
 
     def _generation_config(self):
         gen = copy.deepcopy(self.gm.model.generation_config)
         # One extra step past T-1: the forward pass reading token T-1 is what yields position T-1.
         gen.max_new_tokens, gen.max_length, gen.min_new_tokens = self.tokens, None, None
+        # Sampling, when asked, is done by `_SeededSampler` (per-sample generators); generate() stays greedy.
         gen.do_sample, gen.num_beams, gen.temperature, gen.top_p, gen.top_k = False, 1, None, None, None
         eos = self._eos_ids()
         gen.eos_token_id = eos
         if not self.stop_at_eos:
             # generate() refills a None eos_token_id from the model's defaults; suppressing EOS is the way.
             gen.min_new_tokens = self.tokens
-        tokenizer = getattr(self.gm.processor, "tokenizer", None)
-        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = self._tokenizer.pad_token_id
         gen.pad_token_id = pad if pad is not None else (eos[0] if eos else None)
         return gen
 
     def _eos_ids(self) -> list[int]:
         eos = self.gm.model.generation_config.eos_token_id
         if eos is None:
-            eos = getattr(getattr(self.gm.processor, "tokenizer", None), "eos_token_id", None)
+            eos = self._tokenizer.eos_token_id
         return [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
 
-    def _one(self, steps: np.ndarray, generated: list[int]) -> CapturedLatents:
+    def _cut(self, steps: np.ndarray, generated: list[int]) -> CapturedLatents:
         """Cut one sample's [L, S, H] steps at its first EOS and pad to [L, T, H]."""
         gen = generated[: self.tokens - 1]
         eos = set(self._eos_ids()) if self.stop_at_eos else set()
@@ -172,12 +370,17 @@ class LatentCapturer:
         return CapturedLatents(hidden=hidden, length=length, token_ids=token_ids)
 
     @contextmanager
-    def _hooks(self, steps: dict[int, list[torch.Tensor]]):
+    def _hooks(self, capture: _Capture):
         def make(layer: int):
             def hook(_module, _args, output):
-                out = output[0] if isinstance(output, tuple) else output
-                # Only the last position, copied out (not a view that would pin the whole prefill tensor).
-                steps[layer].append(out[:, -1, :].to(torch.float32, copy=True))
+                out = output[0] if isinstance(output, tuple) else output  # [B, S, H]
+                if capture.positions is None:
+                    # Only the last position, copied out (not a view that would pin the whole prefill tensor).
+                    capture.steps[layer].append(out[:, -1, :].to(torch.float32, copy=True))
+                else:
+                    idx = capture.positions.to(out.device)  # [B, T]
+                    rows = torch.arange(out.shape[0], device=out.device)[:, None]
+                    capture.steps[layer].append(out[rows, idx].to(torch.float32))  # [B, T, H]
 
             return hook
 
@@ -187,6 +390,44 @@ class LatentCapturer:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureSpec:
+    """Everything a process needs to load the GM and capture latents as a run asked (picklable: the harvest
+    hands it to each Ray actor, an online run builds its capturer from it)."""
+
+    model: str
+    """GM folder (absolute for actors on other nodes) or hub id."""
+    device: str
+    """"cpu" or "cuda"."""
+    compute_dtype: GMDtype
+    attn_implementation: AttnImplementation
+    layers: tuple[int, ...]
+    tokens: int
+    cameras: tuple[str, ...]
+    latents: LatentKind
+    decoding: Decoding
+    prompt_format: PromptFormat
+
+    def capturer(self, *, fingerprint: bool = False) -> LatentCapturer:
+        """Load the GM (its files are not re-hashed unless `fingerprint`) and build its capturer."""
+        gm = load_gm(
+            self.model,
+            device=self.device,
+            dtype=self.compute_dtype,
+            attn_implementation=self.attn_implementation,
+            fingerprint=fingerprint,
+        )
+        return LatentCapturer(
+            gm,
+            layers=self.layers,
+            tokens=self.tokens,
+            cameras=self.cameras,
+            latents=self.latents,
+            decoding=self.decoding,
+            prompt_format=self.prompt_format,
+        )
 
 
 def _decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:

@@ -2,12 +2,15 @@
 
 A local folder or a hub id (hub only where the machine can reach it, or the id is in the local hub cache).
 The weights' hash and the processor's hash go into the cache key, so a cache built with other weights or
-another tokenizer is never mistaken for this one.
+another tokenizer is never mistaken for this one. `inspect_gm` reads all the key needs from the config and
+the files, so a harvest's driver never loads the weights (28 GB for a 7B model in float32); only the processes
+that compute (`load_gm`) do, in bfloat16 on GPUs by default.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -35,14 +38,20 @@ _PROCESSOR_FILES = (
 _HASH_CHUNK = 8 << 20
 
 
-@dataclass(frozen=True)
-class LoadedGM:
-    """A loaded GM, in eval mode with gradients off, and what the cache key needs to know about it."""
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 
-    model: Any
-    """The `AutoModelForImageTextToText` model."""
-    processor: Any
-    """Its `AutoProcessor`; the tokenizer pads on the left (decoder-only generation)."""
+
+def default_compute_dtype(device: str) -> GMDtype:
+    """bfloat16 on GPUs (how 7B GMs are run), float32 on CPUs (bfloat16 matmuls are slow there)."""
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GMInfo:
+    """What the cache key needs to know about a GM, read from its config and files without its weights."""
+
+    folder: Path
+    """The local folder (a hub id resolves to its snapshot)."""
     name: str
     """The hub id, or the folder's name for a local path."""
     num_layers: int
@@ -50,27 +59,68 @@ class LoadedGM:
     hidden_size: int
     """Residual-stream width of the text model."""
     model_hash: str
-    """sha256 over the weight files' names and bytes ("" when loaded with fingerprint=False)."""
+    """sha256 over the weight files' names and bytes ("" when inspected with fingerprint=False)."""
     processor_hash: str
-    """sha256 over the tokenizer / processor files' names and bytes ("" when loaded with fingerprint=False)."""
+    """sha256 over the tokenizer / processor files' names and bytes ("" when fingerprint=False)."""
     is_random_stand_in: bool
-    """True for the embedded tiny GM (random weights): results must be labelled as such."""
+    """True for the embedded tiny GMs (random weights): results must be labelled as such."""
+    compute_dtype: GMDtype
+    """The precision it computes in."""
+    attn_implementation: AttnImplementation
+    """Its attention kernel."""
 
 
-def load_gm(
-    model: str | Path, *, device: str = "cpu", dtype: GMDtype = "float32", fingerprint: bool = True
-) -> LoadedGM:
-    """Load `model` (folder or hub id) onto `device` in `dtype`; ModelError if missing or not a VLM.
+@dataclass(frozen=True)
+class LoadedGM:
+    """A loaded GM, in eval mode with gradients off, and its `GMInfo`."""
 
-    `fingerprint=False` skips hashing the files (reading every weight byte again: ~14 GB for a 7B model),
-    for processes that only compute, such as harvest actors whose cache key the driver already built.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    model: Any
+    """The `AutoModelForImageTextToText` model."""
+    processor: Any
+    """Its `AutoProcessor`; the tokenizer pads on the left (decoder-only generation)."""
+    info: GMInfo
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def num_layers(self) -> int:
+        return self.info.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.info.hidden_size
+
+    @property
+    def is_random_stand_in(self) -> bool:
+        return self.info.is_random_stand_in
+
+
+def inspect_gm(
+    model: str | Path,
+    *,
+    dtype: GMDtype = "float32",
+    attn_implementation: AttnImplementation = "sdpa",
+    fingerprint: bool = True,
+) -> GMInfo:
+    """The GM's `GMInfo` from its config and files (the weights are hashed, never loaded); ModelError if
+    missing or not an image-text-to-text model, ConfigError for an unknown dtype or attention kernel."""
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     if dtype not in get_args(GMDtype):
-        raise ConfigError(f"dtype must be one of {get_args(GMDtype)}, got {dtype!r}")
+        raise ConfigError(f"GM dtype must be one of {', '.join(get_args(GMDtype))}, got {dtype!r}")
+    if attn_implementation not in get_args(AttnImplementation):
+        raise ConfigError(
+            f"attention implementation must be one of {', '.join(get_args(AttnImplementation))}, "
+            f"got {attn_implementation!r}"
+        )
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "attention implementation 'flash_attention_2' needs the flash-attn package (pip install flash-attn); "
+            "use 'sdpa' without it"
+        )
     folder, name = _resolve(model)
     if not (folder / "config.json").is_file():
         raise ModelError(f"model folder {folder} has no config.json: not a Hugging Face checkpoint")
@@ -84,26 +134,68 @@ def load_gm(
             "(AutoModelForImageTextToText cannot load it)"
         )
     text = config.get_text_config()
-    try:
-        loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=getattr(torch, dtype))
-        processor = AutoProcessor.from_pretrained(folder)
-    except Exception as err:  # missing weight files, incompatible shapes, missing processor files
-        raise ModelError(f"cannot load the model or processor from {folder}: {err}") from err
-    loaded = loaded.to(device).eval()
-    loaded.requires_grad_(False)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None:
-        tokenizer.padding_side = "left"
-    return LoadedGM(
-        model=loaded,
-        processor=processor,
+    return GMInfo(
+        folder=folder,
         name=name,
         num_layers=int(text.num_hidden_layers),
         hidden_size=int(text.hidden_size),
         model_hash=weights_hash(folder) if fingerprint else "",
         processor_hash=processor_hash(folder) if fingerprint else "",
         is_random_stand_in=(folder / STAND_IN_FILE).is_file(),
+        compute_dtype=dtype,
+        attn_implementation=attn_implementation,
     )
+
+
+def load_processor(info: GMInfo) -> Any:
+    """The GM's `AutoProcessor` (tokenizer padding on the left); ModelError if its files cannot be read."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(info.folder)
+    except Exception as err:  # missing or broken processor files
+        raise ModelError(f"cannot load the processor from {info.folder}: {err}") from err
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    return processor
+
+
+def load_gm(
+    model: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: GMDtype | None = None,
+    attn_implementation: AttnImplementation = "sdpa",
+    fingerprint: bool = True,
+) -> LoadedGM:
+    """Load `model` (folder or hub id) onto `device`, computing in `dtype` (default: bfloat16 on CUDA,
+    float32 on CPU) with `attn_implementation`; ModelError if missing or not a VLM.
+
+    `fingerprint=False` skips hashing the files (reading every weight byte again: ~14 GB for a 7B model),
+    for processes that only compute, such as harvest actors whose cache key the driver already built.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    info = inspect_gm(
+        model,
+        dtype=dtype or default_compute_dtype(device),
+        attn_implementation=attn_implementation,
+        fingerprint=fingerprint,
+    )
+    try:
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            info.folder,
+            dtype=getattr(torch, info.compute_dtype),
+            attn_implementation=info.attn_implementation,
+        )
+    except Exception as err:  # missing weight files, incompatible shapes, an unsupported kernel
+        raise ModelError(f"cannot load the model from {info.folder}: {err}") from err
+    processor = load_processor(info)
+    loaded = loaded.to(device).eval()
+    loaded.requires_grad_(False)
+    return LoadedGM(model=loaded, processor=processor, info=info)
 
 
 def weights_hash(folder: Path) -> str:

@@ -57,12 +57,6 @@ ResolvedFormat = Literal["chat", "alpaca"]
 _PROBE_QUESTION = "What should the ego vehicle do next?"
 
 
-def format_prompt(question: str, *, image_token: str, num_images: int) -> str:
-    """The Alpaca prompt around `num_images` image tokens and the stripped question (old API; use
-    `render_prompt(processor, question, fmt="alpaca", cameras=...)`)."""
-    return ALPACA_WRAPPER.format(images=image_token * num_images, question=question.strip())
-
-
 def chat_template_of(processor: Any) -> str | None:
     """The processor's chat template, else its tokenizer's; None when neither has one."""
     for owner in (processor, getattr(processor, "tokenizer", None)):
@@ -196,16 +190,6 @@ class PromptSource:
         """The answer to the chosen question of `sample_token`; None for the default question or no "A"."""
         item = self._chosen.get(sample_token)
         return None if item is None else item.answer
-
-    def hash(self) -> str:
-        """sha256 over the Alpaca wrapper, the default and each sample's chosen question (old key: use
-        `prompt_hash`, which also covers the rendered format, the answers and the image processor)."""
-        payload = {
-            "wrapper": ALPACA_WRAPPER,
-            "default": self.default,
-            "per_sample": sorted(self.per_sample.items()),
-        }
-        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
 def prompt_hash(source: PromptSource, processor: Any, *, fmt: str, cameras: Sequence[str]) -> str:
