@@ -19,6 +19,12 @@ Examples:
   # per-sample DriveLM questions; a re-run trusting committed shards without re-hashing them
   netroller harvest --index work/index.parquet --out work/cache --drivelm work/nuscenes/drivelm_qa.json --no-verify
 
+  # the authors' latents: teacher-forced on the DriveLM answers (training) and sampled at 0.1 / 0.75 (test)
+  netroller harvest --index work/index.parquet --out work/cache-tf --drivelm work/nuscenes/drivelm_qa.json
+  --tokens 192 --latents teacher-forced --prompt-format alpaca
+  netroller harvest --index work/index.parquet --out work/cache-gen --drivelm work/nuscenes/drivelm_qa.json
+  --tokens 192 --decode sample --temperature 0.1 --top-p 0.75 --prompt-format alpaca
+
 A re-run resumes: it re-hashes every committed shard and computes the shards without a valid commit record
 or whose bytes no longer match their checksum (--no-verify skips the re-hash and trusts committed shards). A cache built with other settings is refused, naming the differing
 field, unless --overwrite.
@@ -48,7 +54,38 @@ def _harvest(
         envvar="RAY_ADDRESS",
         help="Existing Ray cluster (default: a local Ray instance sized for this machine).",
     ),
-    batch_size: int = typer.Option(1, "--batch-size", help="Samples per generate call inside a worker."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Samples per GM pass inside a worker [default: 1 on CPU, 8 on CUDA]."
+    ),
+    gm_dtype: str | None = typer.Option(
+        None,
+        "--gm-dtype",
+        help="Precision the GM computes in: bfloat16 | float16 | float32 [default: bfloat16 on CUDA, float32 on CPU].",
+    ),
+    attn_implementation: str = typer.Option(
+        "sdpa",
+        "--attn-implementation",
+        help="GM attention: sdpa | eager | flash_attention_2 (needs flash-attn).",
+    ),
+    prompt_format: str = typer.Option(
+        "auto",
+        "--prompt-format",
+        help="chat (the processor's chat template, cameras named) | alpaca (the authors' LLaMA-Adapter format) | "
+        "auto (chat when the processor has a template).",
+    ),
+    latents: str = typer.Option(
+        "generated",
+        "--latents",
+        help="generated (the GM answers) | teacher-forced (it reads each sample's DriveLM answer; needs --drivelm).",
+    ),
+    decode: str = typer.Option("greedy", "--decode", help="Generated answers: greedy | sample."),
+    temperature: float = typer.Option(0.1, "--temperature", help="Sampling temperature (the authors' 0.1)."),
+    top_p: float = typer.Option(0.75, "--top-p", help="Sampling nucleus mass in (0, 1] (the authors' 0.75)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Sampling seed; each sample draws from its own generator seeded by it and its token.",
+    ),
     prompt: str | None = typer.Option(
         None, "--prompt", help="Prompt template text (default: the built-in driving question)."
     ),
@@ -81,6 +118,14 @@ def _harvest(
         gpus_per_worker=gpus_per_worker,
         ray_address=ray_address,
         batch_size=batch_size,
+        gm_dtype=gm_dtype,  # type: ignore[arg-type]  # checked by the GM loader (ConfigError naming it)
+        attn_implementation=attn_implementation,  # type: ignore[arg-type]
+        prompt_format=prompt_format,  # type: ignore[arg-type]
+        latents=latents,  # type: ignore[arg-type]
+        decode=decode,  # type: ignore[arg-type]
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
         overwrite=overwrite,
         verify=verify,
     )

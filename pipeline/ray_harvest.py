@@ -26,6 +26,7 @@ from netroller.errors import ClusterError, WorkerError
 
 if TYPE_CHECKING:
     from netroller.data.index import SampleRecord
+    from netroller.models.gm.capture import CaptureSpec
     from netroller.models.gm.prompts import PromptSource
     from netroller.storage.schema import CommitRecord
 
@@ -48,13 +49,10 @@ class RayHarvestSpec:
     """What every actor needs to build its capturer and write shards (pickled once per actor)."""
 
     root: Path  # the cache folder (already created by the driver)
-    model: str  # GM path or hub id, loaded by each actor
-    layers: tuple[int, ...]
-    tokens: int
+    capture: CaptureSpec  # how each actor loads its GM and captures
     prompts: PromptSource
     dataroot: Path
     batch_size: int
-    device: str  # "cpu" | "cuda"
 
 
 @ray.remote(num_cpus=0)
@@ -82,16 +80,12 @@ class HarvestActor:
         import torch
         from transformers.utils import logging as transformers_logging
 
-        from netroller.models.gm.capture import LatentCapturer
-        from netroller.models.gm.loader import load_gm
-
         # torch's default (one thread per core, in every actor) oversubscribes a machine shared by actors.
         torch.set_num_threads(torch_threads)
         transformers_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in the driver's log
         self._spec = spec
         self._progress = progress
-        gm = load_gm(spec.model, device=spec.device, fingerprint=False)  # the driver built the cache key
-        self._capturer = LatentCapturer(gm, layers=spec.layers, tokens=spec.tokens)
+        self._capturer = spec.capture.capturer()  # files not re-hashed: the driver built the cache key
 
     def ready(self) -> int:
         return os.getpid()

@@ -14,7 +14,6 @@ only module that imports Ray.
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +27,43 @@ from tqdm import tqdm
 import netroller
 from netroller.data.index import CAMERAS, SPLITS, Index, SampleRecord, file_hash, read_index
 from netroller.errors import CacheError, ConfigError, DataError, MissingPathError
-from netroller.models.gm.capture import LatentCapturer, resolve_layers
-from netroller.models.gm.loader import LoadedGM, load_gm
-from netroller.models.gm.prompts import PromptSource
+from netroller.models.gm.capture import (
+    CaptureSpec,
+    DecodeMode,
+    Decoding,
+    LatentCapturer,
+    Query,
+    resolve_layers,
+)
+from netroller.models.gm.loader import (
+    AttnImplementation,
+    GMDtype,
+    GMInfo,
+    default_compute_dtype,
+    inspect_gm,
+    load_processor,
+)
+from netroller.models.gm.prompts import PromptFormat, PromptSource, prompt_hash
 from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
-from netroller.storage.schema import LATENT_DTYPES, CacheKey, LatentDType, LatentKey, ManifestRow
+from netroller.storage.schema import (
+    LATENT_DTYPES,
+    LATENT_KINDS,
+    CacheKey,
+    LatentDType,
+    LatentKey,
+    LatentKind,
+    ManifestRow,
+)
 from netroller.storage.writer import CacheWriter
 
 if TYPE_CHECKING:
     from netroller.storage.schema import CommitRecord
+
+
+# Samples per GM pass when not given. CPU: see `make bench` (harvest_batch_*): padding costs more than batching
+# saves on a few cores. CUDA: a 7B model in bfloat16 keeps an H100 busy from about 8 samples of 6 images.
+DEFAULT_BATCH = {"cpu": 1, "cuda": 8}
+NO_ANSWER = "no DriveLM answer to teacher-force (the sample has no QA item with an 'A')"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,8 +96,25 @@ class HarvestConfig:
     """GPUs reserved per actor (> 0 runs the GM on CUDA); with workers=0, > 0 also selects CUDA."""
     ray_address: str | None = None
     """An existing Ray cluster ("ray://host:10001", "auto"); None = RAY_ADDRESS or a local instance."""
-    batch_size: int = 1
-    """Samples per generate call inside a worker (batched generation pads prompts, so fp noise may differ)."""
+    batch_size: int | None = None
+    """Samples per GM pass inside a worker (padded); None = `DEFAULT_BATCH` for the device."""
+    gm_dtype: GMDtype | None = None
+    """Precision the GM computes in; None = bfloat16 on CUDA, float32 on CPU."""
+    attn_implementation: AttnImplementation = "sdpa"
+    """The GM's attention kernel: "sdpa", "eager", or "flash_attention_2" (needs flash-attn)."""
+    prompt_format: PromptFormat = "auto"
+    """"chat": the processor's chat template (6 images interleaved with their camera names); "alpaca":
+    the authors' LLaMA-Adapter format; "auto": chat when the processor has a template."""
+    latents: LatentKind = "generated"
+    """"generated": the GM answers; "teacher-forced": it reads each sample's DriveLM answer (needs drivelm)."""
+    decode: DecodeMode = "greedy"
+    """Generated answers: "greedy", or "sample" with `temperature` and `top_p`."""
+    temperature: float = 0.1
+    """Sampling temperature (the authors' 0.1)."""
+    top_p: float = 0.75
+    """Sampling nucleus mass (the authors' 0.75)."""
+    seed: int = 0
+    """Run seed of sampling; each sample is seeded from it and its token (reproducible, resumable)."""
     overwrite: bool = False
     """Replace an existing cache built with a different key instead of refusing."""
     verify: bool = True
@@ -99,12 +143,31 @@ class HarvestConfig:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.latents not in LATENT_KINDS:
+            raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {self.latents!r}")
+        if self.latents == "teacher-forced" and self.drivelm is None:
+            raise ConfigError("teacher-forced latents need the answers of a DriveLM file: give --drivelm")
+        if self.latents == "teacher-forced" and self.decode != "greedy":
+            raise ConfigError("--decode applies to generated latents; teacher-forced latents decode nothing")
+        _ = self.decoding  # Decoding checks temperature, top-p and seed
 
     @property
     def device(self) -> str:
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
+
+    @property
+    def decoding(self) -> Decoding:
+        return Decoding(mode=self.decode, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    @property
+    def compute_dtype(self) -> GMDtype:
+        return self.gm_dtype or default_compute_dtype(self.device)
+
+    @property
+    def samples_per_pass(self) -> int:
+        return self.batch_size or DEFAULT_BATCH[self.device]
 
 
 @dataclass(kw_only=True)
@@ -112,9 +175,8 @@ class HarvestPlan:
     """Everything checked and resolved before a single byte of cache is written."""
 
     cfg: HarvestConfig
-    model_path: str  # what workers pass to load_gm
-    gm: LoadedGM | None  # the driver's GM (dropped before Ray actors load their own)
-    layers: tuple[int, ...]
+    gm: GMInfo  # from the config and files: the driver never loads the weights
+    capture: CaptureSpec  # how every worker loads the GM and captures
     prompts: PromptSource
     records: list[SampleRecord]
     dataroot: Path
@@ -141,17 +203,6 @@ def _prompt_source(cfg: HarvestConfig) -> PromptSource:
     return PromptSource.template(cfg.prompt)
 
 
-def _check_layers_from_config(model_path: str, spec: str) -> None:
-    """Refuse a bad layer spec from the model's config alone, before its (possibly 14 GB of) weights load."""
-    from transformers import AutoConfig
-
-    try:
-        num_layers = int(AutoConfig.from_pretrained(model_path).get_text_config().num_hidden_layers)
-    except Exception:  # a missing or foreign model: load_gm reports it as one ModelError line
-        return
-    resolve_layers(spec, num_layers)
-
-
 def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     """Check every input and compute the cache key; raises a NetrollerError, writes nothing under cfg.out."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
@@ -162,12 +213,37 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     if not dataroot.is_dir():
         raise MissingPathError(f"dataroot of {cfg.index} not found: {dataroot}")
     prompts = _prompt_source(cfg)
+    if cfg.latents == "teacher-forced" and not any(prompts.answer_for(r.sample_token) for r in records):
+        raise DataError(
+            f"DriveLM file {cfg.drivelm} answers none of the samples harvested ('A' beside their 'Q'): "
+            "teacher-forced latents need answers"
+        )
     model_path = cfg.model if cfg.model is not None else str(build_tiny_gm(default_tiny_gm_path()))
-    _check_layers_from_config(model_path, cfg.layers)
-    gm = load_gm(model_path, device=cfg.device)
+    gm = inspect_gm(
+        model_path, dtype=cfg.compute_dtype, attn_implementation=cfg.attn_implementation, fingerprint=True
+    )
     layers = resolve_layers(cfg.layers, gm.num_layers)
+    capture = CaptureSpec(
+        model=_absolute_if_local(model_path),
+        device=cfg.device,
+        compute_dtype=gm.compute_dtype,
+        attn_implementation=gm.attn_implementation,
+        layers=layers,
+        tokens=cfg.tokens,
+        cameras=CAMERAS,
+        latents=cfg.latents,
+        decoding=cfg.decoding,
+        prompt_format=cfg.prompt_format,
+    )
+    hashed = prompt_hash(prompts, load_processor(gm), fmt=cfg.prompt_format, cameras=CAMERAS)
     latent = LatentKey.of_gm(
-        gm, prompt_hash=prompts.hash(), tokens=cfg.tokens, dtype=cfg.dtype, layers=layers
+        gm,
+        prompt_hash=hashed,
+        tokens=cfg.tokens,
+        dtype=cfg.dtype,
+        layers=layers,
+        latents=cfg.latents,
+        decode="none" if cfg.latents == "teacher-forced" else cfg.decoding.describe(),
     )
     key = CacheKey.for_latents(
         latent,
@@ -189,9 +265,8 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     ]
     return HarvestPlan(
         cfg=cfg,
-        model_path=model_path,
         gm=gm,
-        layers=layers,
+        capture=capture,
         prompts=prompts,
         records=records,
         dataroot=dataroot,
@@ -229,8 +304,8 @@ def harvest_shard(
 ) -> CommitRecord:
     """Capture one shard's samples and write it whole: the work unit of every worker, with or without Ray.
 
-    A sample whose camera images cannot be read gets length 0 (zeros, token ids -1) and a failures entry;
-    the rest of the shard goes on. `on_samples(n)` is called as samples finish (progress reporting).
+    A sample whose camera images cannot be read, or that has no answer to teacher-force, gets length 0
+    (zeros, token ids -1) and a failures entry with the reason; the rest of the shard goes on. `on_samples(n)` is called as samples finish (progress reporting).
     """
     writer = CacheWriter.open(Path(writer_root))
     rows = writer.shard_rows(shard)
@@ -245,11 +320,11 @@ def harvest_shard(
     token_ids = np.full((len(records), writer.layout.token_width), -1, dtype=np.int64)
     failures: list[tuple[str, str]] = []
 
-    pending: list[tuple[int, list[Image.Image], str]] = []
+    pending: list[tuple[int, Query]] = []
 
     def flush() -> None:
-        results = capturer.capture_batch([(images, prompt) for _, images, prompt in pending])
-        for (i, _, _), cap in zip(pending, results, strict=True):
+        results = capturer.capture_batch([query for _, query in pending])
+        for (i, _), cap in zip(pending, results, strict=True):
             hidden[i] = cap.hidden
             length[i] = cap.length
             token_ids[i, : cap.token_ids.shape[0]] = cap.token_ids  # T=1: one column, left at -1
@@ -257,15 +332,23 @@ def harvest_shard(
             on_samples(len(pending))
         pending.clear()
 
+    def skip(token: str, reason: str) -> None:
+        failures.append((token, reason))
+        if on_samples is not None:
+            on_samples(1)
+
     for i, record in enumerate(records):
+        token = record.sample_token
+        answer = prompts.answer_for(token)
+        if capturer.latents == "teacher-forced" and answer is None:
+            skip(token, NO_ANSWER)  # as the authors' loader: a frame without a DriveLM answer has no latents
+            continue
         try:
             images = load_camera_images(record, dataroot)
         except DataError as err:
-            failures.append((record.sample_token, str(err)))
-            if on_samples is not None:
-                on_samples(1)
+            skip(token, str(err))
             continue
-        pending.append((i, images, prompts.prompt_for(record.sample_token)))
+        pending.append((i, Query(images, prompts.prompt_for(token), answer, token)))
         if len(pending) >= batch_size:
             flush()
     if pending:
@@ -310,12 +393,15 @@ def harvest(cfg: HarvestConfig) -> Path:
         todo = _shards_to_do(writer, cfg.verify, log)
         work = [(s, [plan.records[i] for i in writer.shard_rows(s)]) for s in todo]
         n_todo = sum(len(recs) for _, recs in work)
-        stand_in = " (random-weight stand-in)" if plan.gm is not None and plan.gm.is_random_stand_in else ""
+        stand_in = " (random-weight stand-in)" if plan.gm.is_random_stand_in else ""
         log(
             f"harvest: {len(plan.records)} samples, {len(todo)}/{writer.num_shards} shards pending "
             f"({n_todo} samples), estimated cache size {_human_bytes(len(plan.records) * writer.layout.sample_bytes())} "
-            f"(L={len(plan.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
-            f"GM {plan.key.model}{stand_in}; {'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
+            f"(L={len(plan.capture.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
+            f"GM {plan.key.model}{stand_in} in {plan.gm.compute_dtype}, {cfg.latents} latents"
+            + (f" ({plan.key.decode})" if cfg.latents == "generated" else "")
+            + f", batch {cfg.samples_per_pass}; "
+            f"{'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
         )
         with tqdm(
             total=n_todo, unit="sample", desc="harvest", disable=not cfg.progress, smoothing=0.1
@@ -325,19 +411,14 @@ def harvest(cfg: HarvestConfig) -> Path:
             else:
                 from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
 
-                plan.gm = None  # the actors load their own; free the driver's copy first
-                gc.collect()
                 # Absolute paths: actors run in Ray's worker folder (a job's working dir, another node's
                 # cwd), where the driver's relative paths would point elsewhere.
                 spec = RayHarvestSpec(
                     root=root.resolve(),
-                    model=_absolute_if_local(plan.model_path),
-                    layers=plan.layers,
-                    tokens=cfg.tokens,
+                    capture=plan.capture,
                     prompts=plan.prompts,
                     dataroot=plan.dataroot.resolve(),
-                    batch_size=cfg.batch_size,
-                    device=cfg.device,
+                    batch_size=cfg.samples_per_pass,
                 )
                 run_shards(
                     spec,
@@ -369,8 +450,7 @@ def _run_in_process(
     work: Sequence[tuple[int, list[SampleRecord]]],
     on_samples: Callable[[int], None],
 ) -> None:
-    assert plan.gm is not None  # internal invariant: plan_harvest always loads the driver's GM
-    capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=plan.cfg.tokens)
+    capturer = plan.capture.capturer()
     for shard, records in work:
         harvest_shard(
             root,
@@ -379,6 +459,6 @@ def _run_in_process(
             capturer,
             plan.prompts,
             plan.dataroot,
-            batch_size=plan.cfg.batch_size,
+            batch_size=plan.cfg.samples_per_pass,
             on_samples=on_samples,
         )

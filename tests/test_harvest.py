@@ -95,7 +95,7 @@ def _commits(root: Path) -> list[Path]:
 
 
 def test_harvest_rows_equal_direct_capture(base, tiny_gm):
-    from netroller.data.index import read_index
+    from netroller.data.index import CAMERAS, read_index
     from netroller.models.gm.capture import LatentCapturer
     from netroller.models.gm.loader import load_gm
     from netroller.models.gm.prompts import PromptSource
@@ -104,7 +104,7 @@ def test_harvest_rows_equal_direct_capture(base, tiny_gm):
     index_path, root = base
     index = read_index(index_path)
     gm = load_gm(str(tiny_gm))
-    capturer = LatentCapturer(gm, layers=tuple(range(gm.num_layers)), tokens=2)
+    capturer = LatentCapturer(gm, layers=tuple(range(gm.num_layers)), tokens=2, cameras=CAMERAS)
     prompt = PromptSource.template().prompt_for
     batch = CacheReader(root).read([r.sample_token for r in index.records])
     token_ids = _arrays(root)["token_ids"]
@@ -351,6 +351,7 @@ def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_
     from netroller.data.index import read_index
     from netroller.models.gm.prompts import PromptSource
     from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
+    from netroller.stages.harvest import plan_harvest
 
     index_path, reference = base
     root = _copy(reference, tmp_path)
@@ -359,15 +360,126 @@ def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_
     index = read_index(index_path)
     spec = RayHarvestSpec(
         root=root,
-        model=str(tiny_gm),
-        layers=(0, 1, 2, 3),
-        tokens=2,
+        capture=plan_harvest(_cfg(index_path, root, tiny_gm)).capture,
         prompts=PromptSource.template(),
         dataroot=index.dataroot(),
         batch_size=1,
-        device="cpu",
     )
     work = [(0, index.records[0:2]), (1, index.records[0:1])]  # shard 1 has 2 rows: its unit is malformed
     with pytest.raises(WorkerError, match="failed on shard 1: CacheError.*re-run the same harvest to resume"):
         run_shards(spec, work, workers=1)
     assert [c.name for c in _commits(root)] == ["000000.json"]
+
+
+# --- how the GM computes and answers ---------------------------------------------------------------
+
+
+def _qa_file(path: Path, answers: dict[str, str]) -> Path:
+    """A DriveLM file with one planning question per sample token, answered as given."""
+    import json
+
+    frames = {
+        token: {"QA": {"planning": [{"Q": "What should the ego vehicle do next?", "A": answer}]}}
+        for token, answer in answers.items()
+    }
+    path.write_text(json.dumps({"s0": {"key_frames": frames}}))
+    return path
+
+
+def test_the_driver_never_loads_the_weights(small_index, tiny_gm, tmp_path):
+    """A GM whose weight file cannot be deserialised still gets planned (its key from the config and the
+    file bytes); only the process that computes loads it, and fails with one line."""
+    from netroller.models.gm.loader import weights_hash
+    from netroller.stages.harvest import plan_harvest
+
+    gm = Path(shutil.copytree(tiny_gm, tmp_path / "gm"))
+    weights = next(gm.glob("*.safetensors"))
+    weights.write_bytes(b"\0" * weights.stat().st_size)
+    cfg = _cfg(small_index, tmp_path / "cache", gm)
+    plan = plan_harvest(cfg)
+    assert plan.key.model_hash == weights_hash(gm) and plan.key.compute_dtype == "float32"
+    with pytest.raises(ModelError, match="cannot load the model from"):
+        harvest(cfg)
+
+
+def test_teacher_forced_harvest_reads_the_answers(small_index, tiny_gm, tmp_path):
+    from netroller.data.index import CAMERAS, read_index
+    from netroller.models.gm.capture import LatentCapturer
+    from netroller.models.gm.loader import load_gm
+    from netroller.stages.harvest import NO_ANSWER
+    from netroller.storage.reader import CacheReader
+
+    answers = {"tok000": "Keep going straight at the current speed.", "tok001": "Stop."}
+    qa = _qa_file(tmp_path / "qa.json", answers)
+    root = harvest(
+        _cfg(small_index, tmp_path / "cache", tiny_gm, tokens=6, drivelm=qa, latents="teacher-forced")
+    )
+    reader = CacheReader(root)
+    assert (reader.key.latents, reader.key.decode) == ("teacher-forced", "none")
+    assert dict(reader.failures()) == {f"tok{i:03d}": NO_ANSWER for i in range(2, 6)}
+    index = read_index(small_index)
+    capturer = LatentCapturer(
+        load_gm(tiny_gm), layers="all", tokens=6, cameras=CAMERAS, latents="teacher-forced"
+    )
+    batch = reader.read(list(answers))
+    for i, (token, answer) in enumerate(answers.items()):
+        images = load_camera_images(index[token], index.dataroot())
+        cap = capturer.capture(images, "What should the ego vehicle do next?", answer=answer)
+        assert batch.length[i] == cap.length
+        np.testing.assert_array_equal(batch.hidden[i], cap.hidden.astype(np.float16))
+
+
+def test_sampled_harvest_is_identical_across_runs_and_a_resume(small_index, tiny_gm, tmp_path):
+    kw = dict(tokens=5, decode="sample", temperature=1.0, top_p=0.9, seed=7)
+    first = harvest(_cfg(small_index, tmp_path / "a", tiny_gm, **kw))
+    second = harvest(_cfg(small_index, tmp_path / "b", tiny_gm, **kw))
+    _assert_same_arrays(second, first)
+    for commit in _commits(second)[1:]:  # as a run killed after its first shard leaves it
+        commit.unlink()
+    harvest(_cfg(small_index, second, tiny_gm, **kw))
+    _assert_same_arrays(second, first)
+    # In batches of 3 the same tokens are drawn (the hidden states differ by padding's float noise only).
+    batched = harvest(_cfg(small_index, tmp_path / "c", tiny_gm, batch_size=3, **kw))
+    np.testing.assert_array_equal(_arrays(batched)["token_ids"], _arrays(first)["token_ids"])
+    greedy = harvest(_cfg(small_index, tmp_path / "g", tiny_gm, tokens=5))
+    assert not np.array_equal(_arrays(greedy)["token_ids"], _arrays(first)["token_ids"])
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"latents": "teacher-forced"}, "teacher-forced latents need the answers of a DriveLM file"),
+        ({"latents": "answered"}, "latents must be one of generated, teacher-forced"),
+        ({"top_p": 0.0}, r"top-p must lie in \(0, 1\]"),
+        ({"decode": "beam"}, "decode must be one of greedy, sample"),
+    ],
+)
+def test_bad_gm_settings_are_refused_before_anything_is_written(small_index, tiny_gm, tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        harvest(_cfg(small_index, tmp_path / "cache", tiny_gm, **kw))
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"prompt_format": "xml"}, "prompt format must be one of auto, chat, alpaca, got 'xml'"),
+        ({"prompt_format": "chat"}, "prompt format 'chat' needs a chat template"),
+        ({"gm_dtype": "int8"}, "GM dtype must be one of float32, float16, bfloat16, got 'int8'"),
+        ({"attn_implementation": "magic"}, "attention implementation must be one of"),
+    ],
+)
+def test_bad_prompt_or_gm_settings_name_the_value(small_index, tiny_gm, tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        harvest(_cfg(small_index, tmp_path / "cache", tiny_gm, **kw))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_gm_settings_are_part_of_the_cache_key(base, tiny_gm):
+    index, root = base
+    with pytest.raises(CacheKeyMismatchError, match="compute_dtype"):
+        harvest(_cfg(index, root, tiny_gm, gm_dtype="bfloat16"))
+    with pytest.raises(CacheKeyMismatchError, match="decode"):
+        harvest(_cfg(index, root, tiny_gm, decode="sample"))
+    with pytest.raises(CacheKeyMismatchError, match="attn_implementation"):
+        harvest(_cfg(index, root, tiny_gm, attn_implementation="eager"))
