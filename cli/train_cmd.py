@@ -100,6 +100,12 @@ def register(app: typer.Typer) -> None:
         layers: str = typer.Option("all", "--layers", help="--online: GM layers captured."),
         prompt: str | None = typer.Option(None, "--prompt", help="--online: question template."),
         drivelm: Path | None = typer.Option(None, "--drivelm", help="--online: DriveLM QA JSON."),
+        prompt_format: str = typer.Option(
+            "auto", "--prompt-format", help="--online: chat | alpaca | auto, as `harvest --prompt-format`."
+        ),
+        latents: str = typer.Option(
+            "generated", "--latents", help="--online: generated | teacher-forced (needs --drivelm)."
+        ),
         skip_damaged: bool = typer.Option(
             False,
             "--skip-damaged",
@@ -146,6 +152,8 @@ def register(app: typer.Typer) -> None:
                 layers=layers,
                 prompt=prompt,
                 drivelm=drivelm,
+                prompt_format=prompt_format,
+                latents=latents,
                 skip_damaged=skip_damaged,
             )
             cfg = finetune_c1(**common)

@@ -116,7 +116,9 @@ class OnlineLatents:
             if t is None:
                 continue
             images = load_camera_images(self.index[t], self.dataroot)
-            got = self.capturer.capture(images, self.prompts.prompt_for(t))
+            got = self.capturer.capture(
+                images, self.prompts.prompt_for(t), answer=self.prompts.answer_for(t), key=t
+            )
             h = torch.from_numpy(got.hidden)
             if self.dtype != "float32":
                 h = h.to(getattr(torch, self.dtype)).float()

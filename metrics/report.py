@@ -123,8 +123,9 @@ def data_note(dataroot: Path, version: str, *, synthetic: bool) -> str:
     return f"Data: nuScenes {version} at {dataroot}."
 
 
-def gm_note(cache: Path | None) -> str:
-    """One line on the GM behind the run's latents: none, the random-weight stand-in, or a named model."""
+def gm_note(cache: Path | None, *, pairing: str | None = None) -> str:
+    """One line on the GM behind the run's latents: none, the random-weight stand-in, or a named model; how
+    its latents were made; and the run's pairing with them when it is not the one it was trained on."""
     if cache is None:
         return "GM: none (a VAD-only run, no latents)."
     from netroller.models.gm.tiny import STAND_IN_FILE
@@ -132,12 +133,15 @@ def gm_note(cache: Path | None) -> str:
 
     key = read_meta(cache).key
     model = key.model
+    how = f"{key.latents} latents" + (f", {key.decode}" if key.latents == "generated" else "")
+    how += f", T={key.tokens}, GM in {key.compute_dtype}"
+    paired = f" **Pairing: {pairing}** (the authors' setting)." if pairing else ""
     if key.model_stand_in or (Path(model) / STAND_IN_FILE).is_file():
         return (
-            f"**GM: random-weight stand-in** ({model}). Its latents carry no knowledge; any effect of the "
-            "adapter here is not a NetRoller result."
+            f"**GM: random-weight stand-in** ({model}; {how}). Its latents carry no knowledge; any effect of "
+            f"the adapter here is not a NetRoller result.{paired}"
         )
-    return f"GM: {model} (latents from {cache})."
+    return f"GM: {model} ({how}; latents from {cache}).{paired}"
 
 
 def render_report(

@@ -143,7 +143,9 @@ def predict(
                 lat = batch.latents
                 without_latents += int((~lat.present).sum())
                 shift = roller.shift(lat.hidden, lat.length, lat.present)
-            outputs, state = model.forward_test(batch.inputs.frame, batch.inputs.scene_tokens[0], state, shift)
+            outputs, state = model.forward_test(
+                batch.inputs.frame, batch.inputs.scene_tokens[0], state, shift
+            )
             preds.extend(decode(outputs, batch.sample_tokens, batch.inputs.command, vad_cfg))
     return preds, without_latents
 
@@ -160,15 +162,17 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
                 f"{cfg.run} is a VAD-only run (no NetRoller adapter): --cache, --latent-lag and "
                 "--shuffle-latents do not apply"
             )
-        return None
+        return None, None
     if cfg.cache is None:
         raise ConfigError(f"{cfg.run} is a NetRoller run: give the latent cache with --cache")
     trained_on = LatentKey.from_dict(meta["latents_key"])
-    reader = CacheReader(cfg.cache, expect=trained_on)
+    reader = CacheReader(cfg.cache)
+    # Strict but for the authors' pairing (trained teacher-forced, evaluated on generated latents).
+    pairing = trained_on.check(reader.key.latent_key(), where=f"cache {reader.root}", evaluating=True)
     if cfg.skip_damaged:
         reader.leave_out(reader.damaged_samples())
     positions = tuple(reader.key.layers.index(layer) for layer in trained_on.layers)
-    return CachedLatents(reader, positions)
+    return CachedLatents(reader, positions), pairing
 
 
 def evaluate(cfg: EvalConfig) -> Path:
@@ -178,7 +182,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     if not cfg.run.is_dir():
         raise ModelError(f"run folder not found: {cfg.run}")
     model, roller, meta, vad_cfg, _ = load_netroller_run(cfg.run, device=cfg.device)
-    latents = _open_run_latents(meta, cfg)
+    latents, pairing = _open_run_latents(meta, cfg)
     index = read_index(cfg.index)
     dataroot = index.dataroot(cfg.dataroot)
     eval_set = eval_set_for(index.meta.version, cfg.split)
@@ -198,6 +202,7 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["netroller_mode"] = nr["mode"]
             metrics["netroller_shift"] = nr["shift"]
             metrics["latent_lag"] = cfg.latent_lag
+            metrics["latent_pairing"] = pairing
             metrics["shuffled_latents"] = cfg.shuffle_latents
             metrics["samples_without_latents"] = without_latents
             if cfg.skip_damaged:
@@ -211,7 +216,7 @@ def evaluate(cfg: EvalConfig) -> Path:
         synthetic = is_synthetic(nusc.get("scene", t)["description"] for t in scenes)
         notes = [
             data_note(dataroot, index.meta.version, synthetic=synthetic),
-            gm_note(cfg.cache if roller is not None else None),
+            gm_note(cfg.cache if roller is not None else None, pairing=pairing),
         ]
         report = render_report(metrics, run=cfg.run, split=cfg.split, notes=notes, plots=plots)
         (tmp / "report.md").write_text(report)

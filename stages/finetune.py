@@ -43,7 +43,7 @@ from netroller.stages.train import (
     train,
 )
 from netroller.storage.atomic import write_json_atomic
-from netroller.storage.schema import LatentKey
+from netroller.storage.schema import LATENT_KINDS, LatentKey
 
 NETROLLER_FILE = "netroller.json"
 
@@ -84,6 +84,10 @@ class NetRollerConfig:
     """Online: per-sample DriveLM questions."""
     dtype: str = "float16"
     """Online: latents are rounded through this dtype, as a harvest with it would store them."""
+    prompt_format: str = "auto"
+    """Online: chat | alpaca | auto, as `harvest --prompt-format`."""
+    latents: str = "generated"
+    """Online: generated (greedy) | teacher-forced (the GM reads each sample's DriveLM answer)."""
     shuffle_seed: int = 0
     """Seed of the shuffled-latent permutation."""
     warmup_epochs: float = 1.0
@@ -118,6 +122,12 @@ class NetRollerConfig:
             raise ConfigError(
                 f"NetRollerConfig.dtype must be float16, float32 or bfloat16, got {self.dtype!r}"
             )
+        if self.latents not in LATENT_KINDS:
+            raise ConfigError(
+                f"NetRollerConfig.latents must be one of {', '.join(LATENT_KINDS)}, got {self.latents!r}"
+            )
+        if self.online and self.latents == "teacher-forced" and self.drivelm is None:
+            raise ConfigError("teacher-forced latents need the answers of a DriveLM file: give --drivelm")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -191,27 +201,49 @@ def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = 
             CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size, damaged
         )
 
-    from netroller.models.gm.capture import LatentCapturer, resolve_layers
-    from netroller.models.gm.loader import load_gm
-    from netroller.models.gm.prompts import PromptSource
+    from netroller.data.index import CAMERAS
+    from netroller.models.gm.capture import CaptureSpec, Decoding, resolve_layers
+    from netroller.models.gm.loader import default_compute_dtype, inspect_gm
+    from netroller.models.gm.prompts import PromptSource, prompt_hash
     from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
 
     model = nr.model or str(build_tiny_gm(default_tiny_gm_path()))
-    gm = load_gm(model)
-    captured = resolve_layers(nr.layers, gm.num_layers)
-    used = _used_layers(nr.layers_used, captured, gm.num_layers)
+    info = inspect_gm(model, fingerprint=False)
+    captured = resolve_layers(nr.layers, info.num_layers)
+    used = _used_layers(nr.layers_used, captured, info.num_layers)
     prompts = (
         PromptSource.drivelm(nr.drivelm, fallback=nr.prompt)
         if nr.drivelm
         else PromptSource.template(nr.prompt)
     )
-    capturer = LatentCapturer(gm, layers=used, tokens=nr.tokens)
+    spec = CaptureSpec(
+        model=model,
+        device="cpu",
+        compute_dtype=default_compute_dtype("cpu"),
+        attn_implementation="sdpa",
+        layers=used,
+        tokens=nr.tokens,
+        cameras=CAMERAS,
+        latents=nr.latents,  # type: ignore[arg-type]  # checked in __post_init__
+        decoding=Decoding(),
+        prompt_format=nr.prompt_format,  # type: ignore[arg-type]  # checked by the capturer
+    )
+    capturer = spec.capturer(fingerprint=True)
     index = read_index(index_path)
     source = OnlineLatents(capturer, prompts, index, index.dataroot(dataroot), dtype=nr.dtype)
-    # The GM's name, as a harvest records it in the cache key (not the path as typed), so that a run
-    # trained online is evaluated with a cache of the same GM.
-    run_key = LatentKey.of_gm(gm, prompt_hash=prompts.hash(), tokens=nr.tokens, dtype=nr.dtype, layers=used)
-    return LatentSetup(source, run_key, captured, tuple(range(len(used))), gm.hidden_size)
+    # The key a harvest with the same settings records (the GM by its name, not the path as typed), so that
+    # a run trained online is evaluated with a cache of the same GM.
+    hashed = prompt_hash(prompts, capturer.gm.processor, fmt=nr.prompt_format, cameras=CAMERAS)
+    run_key = LatentKey.of_gm(
+        capturer.gm.info,
+        prompt_hash=hashed,
+        tokens=nr.tokens,
+        dtype=nr.dtype,
+        layers=used,
+        latents=nr.latents,
+        decode=capturer.decode,
+    )
+    return LatentSetup(source, run_key, captured, tuple(range(len(used))), info.hidden_size)
 
 
 def _init_weights(init: Path) -> tuple[dict, Path]:

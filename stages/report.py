@@ -48,7 +48,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        return self.run if self.variant == "eval" else f"{self.run} ({self.variant.removeprefix('eval-')})"
+        label = self.run if self.variant == "eval" else f"{self.run} ({self.variant.removeprefix('eval-')})"
+        if self.metrics.get("latent_pairing"):
+            label += " [trained teacher-forced, eval generated]"
+        return label
 
 
 def _kind(run: Path, variant: str, metrics: dict) -> tuple[str, int]:

@@ -20,7 +20,6 @@ from netroller.stages.evaluate import EvalConfig, evaluate
 from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1, open_latents
 from netroller.stages.train import TrainConfig, train
 from netroller.storage.reader import CacheReader
-from netroller.storage.schema import LatentKey
 
 
 @pytest.fixture(scope="module")
@@ -208,25 +207,6 @@ def test_eval_with_skip_damaged_counts_the_damaged_samples(bias_run, index_path,
     assert json.loads((out / "metrics.json").read_text())["cache_samples_damaged_left_out"] == 2
 
 
-def test_key_mismatch_names_the_field():
-    run_key = LatentKey(
-        model="m",
-        model_hash="a",
-        processor_hash="p",
-        prompt_hash="q",
-        tokens=2,
-        hidden_size=64,
-        dtype="float16",
-        layers=(0, 1),
-    )
-    with pytest.raises(CacheKeyMismatchError, match="tokens: the run was trained with 2, the latents have 1"):
-        run_key.check(dataclasses.replace(run_key, tokens=1), where="cache")
-    with pytest.raises(CacheKeyMismatchError, match="layers: the run was trained on GM layers"):
-        run_key.check(dataclasses.replace(run_key, layers=(1,)), where="cache")
-    run_key.check(dataclasses.replace(run_key, layers=(0, 1, 2)), where="cache")  # a superset is fine
-    assert LatentKey.from_dict(run_key.to_dict()) == run_key
-
-
 def test_online_run_records_the_same_latent_key_as_the_cache(tiny_cache, tiny_gm, index_path):
     online = open_latents(
         NetRollerConfig(online=True, model=str(tiny_gm), tokens=2, layers="all"), index_path
@@ -291,3 +271,24 @@ def test_unfrozen_finetune_trains_the_sm_too(bias_run, baseline):
     after = load_file(str(bias_run / "checkpoints" / "last.safetensors"))
     changed = [k for k, v in base.items() if v.is_floating_point() and not torch.equal(after[k], v)]
     assert len(changed) > len(base) // 2  # the SM moved with the adapter: gradients reached it
+
+
+def test_a_teacher_forced_run_is_evaluated_on_generated_latents_and_the_report_names_it(
+    index_path, synth_root, tiny_gm, baseline, tmp_path
+):
+    from netroller.stages.harvest import HarvestConfig, harvest
+
+    qa = synth_root / "drivelm_qa.json"
+    common = dict(index=index_path, model=str(tiny_gm), tokens=4, drivelm=qa, shard_size=8, workers=0)
+    forced = harvest(HarvestConfig(out=tmp_path / "tf", latents="teacher-forced", progress=False, **common))
+    generated = harvest(HarvestConfig(out=tmp_path / "gen", decode="sample", progress=False, **common))
+    cfg = finetune_c1(index_path, tmp_path / "run", epochs=1, max_samples=2, lr=1e-3)
+    run = finetune(cfg, NetRollerConfig(cache=forced, init=baseline))
+    out = evaluate(EvalConfig(run=run, index=index_path, max_samples=2, num_plots=0, cache=generated))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["latent_pairing"] == "trained on teacher-forced latents, evaluated on generated latents"
+    assert "Pairing: trained on teacher-forced latents" in (out / "report.md").read_text()
+    # Resuming the training on the generated cache is refused: the pairing is for evaluation only.
+    resume = dataclasses.replace(cfg, resume=True)
+    with pytest.raises(CacheKeyMismatchError, match="latents: the run was trained with 'teacher-forced'"):
+        finetune(resume, NetRollerConfig(cache=generated, init=baseline))
