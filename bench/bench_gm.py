@@ -12,7 +12,6 @@ Figures:
 - capture_eos_s_T{8,32} and mean_length_T{8,32}: mean over samples with early stopping, as a harvest runs.
 - prefill_s and per_token_s: least-squares fit of capture_s_T = prefill_s + per_token_s * (T - 1); the split
   to scale to a 7B GM (prefill grows with prompt length x model size, each token with model size).
-- batch_capture_s_T8: per-sample time when the `samples` image sets share one generate call.
 - peak_rss_mb (getrusage), rss_mb (psutil, at the end).
 """
 
@@ -93,9 +92,10 @@ def run(size: GMBench | None = None) -> dict:
     import torch
     from transformers import LlavaForConditionalGeneration, LlavaProcessor  # noqa: F401  (build_s excludes import time)
 
+    from netroller.data.index import CAMERAS
     from netroller.models.gm.capture import LatentCapturer
     from netroller.models.gm.loader import load_gm
-    from netroller.models.gm.prompts import DEFAULT_TEMPLATE, format_prompt
+    from netroller.models.gm.prompts import DEFAULT_TEMPLATE, render_prompt
     from netroller.models.gm.tiny import build_tiny_gm
 
     size = size or full()
@@ -112,7 +112,7 @@ def run(size: GMBench | None = None) -> dict:
     figures["params"] = sum(p.numel() for p in gm.model.parameters())
     figures["vocab"] = len(gm.processor.tokenizer)
     inputs = [_cameras(seed) for seed in range(size.samples)]
-    prompt = format_prompt(DEFAULT_TEMPLATE, image_token=gm.processor.image_token, num_images=6)
+    prompt = render_prompt(gm.processor, DEFAULT_TEMPLATE, fmt="auto", cameras=CAMERAS)
     best = float("inf")
     for _ in range(size.repeats):
         start = time.perf_counter()
@@ -122,11 +122,16 @@ def run(size: GMBench | None = None) -> dict:
     figures["prompt_tokens"] = int(batch["input_ids"].shape[1])
     figures["image_tokens"] = int((batch["input_ids"] == gm.model.config.image_token_id).sum())
 
-    LatentCapturer(gm, layers="all", tokens=2).capture(inputs[0], DEFAULT_TEMPLATE)  # warm-up
+    LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=2).capture(
+        inputs[0], DEFAULT_TEMPLATE
+    )  # warm-up
     capturers = {
-        ("forced", t): LatentCapturer(gm, layers="all", tokens=t, stop_at_eos=False) for t in T_SWEEP
+        ("forced", t): LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=t, stop_at_eos=False)
+        for t in T_SWEEP
     }
-    capturers |= {("eos", t): LatentCapturer(gm, layers="all", tokens=t) for t in T_SWEEP if t > 1}
+    capturers |= {
+        ("eos", t): LatentCapturer(gm, cameras=CAMERAS, layers="all", tokens=t) for t in T_SWEEP if t > 1
+    }
     best, lengths = _best_times(capturers, inputs, DEFAULT_TEMPLATE, size.rounds)
     forced = {}
     for tokens in T_SWEEP:
@@ -143,14 +148,6 @@ def run(size: GMBench | None = None) -> dict:
     per_token, prefill = np.polyfit(steps, np.array([forced[t] for t in T_SWEEP]), 1)
     figures["prefill_s"] = round(float(prefill), 4)
     figures["per_token_s"] = round(float(per_token), 5)
-
-    capturer = LatentCapturer(gm, layers="all", tokens=8, stop_at_eos=False)
-    best = float("inf")
-    for _ in range(size.repeats):
-        start = time.perf_counter()
-        capturer.capture_batch([(images, DEFAULT_TEMPLATE) for images in inputs])
-        best = min(best, time.perf_counter() - start)
-    figures["batch_capture_s_T8"] = round(best / len(inputs), 4)
 
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)

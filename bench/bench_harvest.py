@@ -14,6 +14,12 @@ every run is a warm-up, not timed):
 - seconds_per_sample_T{1,8,32}: in-process harvest cost per sample for T = 1, 8, 32 (mean length reported:
   the random GM may stop early at EOS).
 - peak_rss_mb_per_worker, bytes_per_sample (hidden states on disk, fp16).
+- batch_{1,4,16}_samples_per_s: in-process capture throughput (T = 8, generated, early stopping) at batch
+  sizes 1, 4, 16 over the same samples, the three taking turns per round; batch_{4,16}_speedup = batch 1's
+  time / theirs, median with min and max.
+- teacher_forced_T192_s_per_sample / generated_T192_s_per_sample: one sample's capture at T = 192, read from
+  a 191-token answer in one forward pass, or generated token by token (EOS suppressed, so all 192
+  positions), taking turns per round; bytes_per_sample_T192 is the same for both (the layout is [L, T, H]).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from PIL import Image
 from netroller.bench.rounds import check_rounds, interleaved, per_round, spread
 
 T_SWEEP = (1, 8, 32)
+BATCH_SWEEP = (1, 4, 16)
+BATCH_TOKENS = 8
+LONG_T = 192
 WORKERS = 2  # the pool: the 2-worker run uses both actors, the 1-worker run the first
 
 
@@ -51,6 +60,10 @@ class HarvestBench:
     """Samples of each in-process run of the T sweep."""
     index: Literal["synth", "jpegs"] = "synth"
     """The throughput runs' samples: the synthetic nuScenes through `prepare`, or bare random JPEGs."""
+    batch_samples: int = 32
+    """Samples of each run of the batch sweep (a multiple of 16)."""
+    long_samples: int = 2
+    """Samples of each run of the T = 192 teacher-forced / generated comparison."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -76,7 +89,9 @@ def full() -> HarvestBench:
 
 def smoke() -> HarvestBench:
     """Seconds once Ray is up and the actors have loaded: 6 random-JPEG samples in shards of 2, 2 rounds."""
-    return HarvestBench(samples=6, shard_size=2, rounds=2, t_sweep_samples=4, index="jpegs")
+    return HarvestBench(
+        samples=6, shard_size=2, rounds=2, t_sweep_samples=4, index="jpegs", batch_samples=16, long_samples=1
+    )
 
 
 def _own_index(root: Path, samples: int) -> Path:
@@ -122,10 +137,8 @@ class _BareLoop:
     """Load + preprocess + generate in this process: no Ray, no writes; the samples the Ray runs time."""
 
     def __init__(self, plan, size: HarvestBench) -> None:
-        from netroller.models.gm.capture import LatentCapturer
-
         self.plan = plan
-        self.capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=plan.cfg.tokens)
+        self.capturer = plan.capture.capturer()
         self.records = plan.records[WORKERS * size.shard_size :]
         self._pass(plan.records[: size.shard_size])  # warm-up
 
@@ -134,7 +147,9 @@ class _BareLoop:
 
         for rec in records:
             images = load_camera_images(rec, self.plan.dataroot)
-            self.capturer.capture(images, self.plan.prompts.prompt_for(rec.sample_token))
+            self.capturer.capture(
+                images, self.plan.prompts.prompt_for(rec.sample_token), key=rec.sample_token
+            )
 
     def seconds(self) -> float:
         start = time.perf_counter()
@@ -155,14 +170,7 @@ class _RayPool:
             (s, [plan.records[i] for i in self.writer.shard_rows(s)]) for s in range(self.writer.num_shards)
         ]
         spec = RayHarvestSpec(
-            root=root,
-            model=plan.model_path,
-            layers=plan.layers,
-            tokens=plan.cfg.tokens,
-            prompts=plan.prompts,
-            dataroot=plan.dataroot,
-            batch_size=1,
-            device="cpu",
+            root=root, capture=plan.capture, prompts=plan.prompts, dataroot=plan.dataroot, batch_size=1
         )
         start = time.perf_counter()
         self.actors = start_actors(spec, WORKERS, 0.0, None)
@@ -191,7 +199,6 @@ class _RayPool:
 
 def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
     """In-process harvest seconds per sample (capture + shard writes) for each T, after a warm-up shard."""
-    from netroller.models.gm.capture import LatentCapturer
     from netroller.stages.harvest import HarvestConfig, harvest_shard, plan_harvest
     from netroller.storage.reader import CacheReader
     from netroller.storage.writer import CacheWriter
@@ -208,7 +215,7 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
         )
         plan = plan_harvest(cfg)
         writer = CacheWriter.create(cfg.out, plan.key, plan.manifest, size.shard_size)
-        capturer = LatentCapturer(plan.gm, layers=plan.layers, tokens=t)
+        capturer = plan.capture.capturer()
         with writer.lock():
             for shard in range(writer.num_shards):
                 if shard == 1:
@@ -221,6 +228,85 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
         out[f"seconds_per_sample_T{t}"] = round(elapsed / timed, 4)
         out[f"mean_length_T{t}"] = round(float(np.mean(lengths)), 2)
     return out
+
+
+def _queries(index: Path, samples: int, answer: str | None = None) -> list:
+    from netroller.data.index import read_index
+    from netroller.models.gm.capture import Query
+    from netroller.models.gm.prompts import DEFAULT_TEMPLATE
+    from netroller.stages.harvest import load_camera_images
+
+    idx = read_index(index)
+    return [
+        Query(load_camera_images(rec, idx.dataroot()), DEFAULT_TEMPLATE, answer, rec.sample_token)
+        for rec in idx.records[:samples]
+    ]
+
+
+def _batch_sweep(index: Path, gm_path: Path, size: HarvestBench) -> dict:
+    """Capture throughput at each batch size over the same samples, interleaved rounds."""
+    from netroller.data.index import CAMERAS
+    from netroller.models.gm.capture import LatentCapturer
+    from netroller.models.gm.loader import load_gm
+
+    capturer = LatentCapturer(
+        load_gm(gm_path, fingerprint=False), layers="all", tokens=BATCH_TOKENS, cameras=CAMERAS
+    )
+    queries = _queries(index, size.batch_samples)
+    capturer.capture_batch(queries[:4])  # warm-up
+
+    def timed(batch: int):
+        def go() -> float:
+            start = time.perf_counter()
+            for i in range(0, len(queries), batch):
+                capturer.capture_batch(queries[i : i + batch])
+            return time.perf_counter() - start
+
+        return go
+
+    seconds = interleaved({f"b{b}": timed(b) for b in BATCH_SWEEP}, size.rounds)
+    out: dict = {"batch_tokens": BATCH_TOKENS, "batch_samples": len(queries)}
+    for b in BATCH_SWEEP:
+        out[f"batch_{b}_samples_per_s"] = round(
+            float(np.median([len(queries) / t for t in seconds[f"b{b}"]])), 2
+        )
+    for b in BATCH_SWEEP[1:]:
+        out |= spread(f"batch_{b}_speedup", per_round(seconds["b1"], seconds[f"b{b}"]))
+    return out
+
+
+def _teacher_forced_vs_generated(index: Path, gm_path: Path, size: HarvestBench) -> dict:
+    """Seconds per sample at T = 192: one teacher-forced pass over a long answer vs 191 generation steps."""
+    from netroller.data.index import CAMERAS
+    from netroller.models.gm.capture import LatentCapturer
+    from netroller.models.gm.loader import load_gm
+
+    gm = load_gm(gm_path, fingerprint=False)
+    answer = " ".join(["The ego vehicle keeps its lane and slows down for the pedestrian ahead."] * 24)
+    if len(gm.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]) < LONG_T - 1:
+        raise RuntimeError(f"the bench's answer is shorter than {LONG_T - 1} tokens")
+    queries = _queries(index, size.long_samples, answer)
+    forced = LatentCapturer(gm, layers="all", tokens=LONG_T, cameras=CAMERAS, latents="teacher-forced")
+    generated = LatentCapturer(gm, layers="all", tokens=LONG_T, cameras=CAMERAS, stop_at_eos=False)
+    lengths: dict[str, list[int]] = {"tf": [], "gen": []}
+
+    def timed(name: str, capturer):
+        def go() -> float:
+            start = time.perf_counter()
+            lengths[name] = [capturer.capture_batch([q])[0].length for q in queries]
+            return time.perf_counter() - start
+
+        return go
+
+    seconds = interleaved({"tf": timed("tf", forced), "gen": timed("gen", generated)}, size.rounds)
+    n = len(queries)
+    return {
+        "teacher_forced_T192_s_per_sample": round(float(np.median(seconds["tf"])) / n, 4),
+        "generated_T192_s_per_sample": round(float(np.median(seconds["gen"])) / n, 4),
+        **spread("generated_over_teacher_forced_T192", per_round(seconds["gen"], seconds["tf"])),
+        "lengths_T192": {"teacher_forced": lengths["tf"], "generated": lengths["gen"]},
+        "bytes_per_sample_T192": gm.num_layers * LONG_T * gm.hidden_size * 2,
+    }
 
 
 def run(size: HarvestBench | None = None) -> dict:
@@ -276,6 +362,9 @@ def run(size: HarvestBench | None = None) -> dict:
             bytes_on_disk = int(info["bytes_on_disk"])
 
             sweep = _t_sweep(_own_index(tmp / "sweep", size.t_sweep_samples), gm_path, tmp, size)
+            own = _own_index(tmp / "batch", max(size.batch_samples, size.long_samples))
+            batches = _batch_sweep(own, gm_path, size)
+            long = _teacher_forced_vs_generated(own, gm_path, size)
     finally:
         torch.set_num_threads(threads)
     timed = pool.timed
@@ -287,7 +376,7 @@ def run(size: HarvestBench | None = None) -> dict:
         "shard_size": size.shard_size,
         "tokens": size.tokens,
         "rounds": size.rounds,
-        "layers": len(plan.layers),
+        "layers": len(plan.capture.layers),
         "hidden_size": plan.key.hidden_size,
         **{
             f"{name}_samples_per_s": round(float(np.median([timed / s for s in seconds[key]])), 2)
@@ -303,5 +392,7 @@ def run(size: HarvestBench | None = None) -> dict:
         "bytes_per_sample": info["bytes_per_sample"],
         "bytes_on_disk_per_sample": round(bytes_on_disk / len(records), 1) if bytes_on_disk else None,
         **sweep,
+        **batches,
+        **long,
         "cpus": os.cpu_count(),
     }

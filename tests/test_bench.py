@@ -17,7 +17,13 @@ RATIOS = {
         "read_vs_pickle_ratio",
         "read_vs_zarr_python_ratio",
     ),
-    "harvest": ("harvest_overhead_ratio", "harvest_scaling_2w"),
+    "harvest": (
+        "harvest_overhead_ratio",
+        "harvest_scaling_2w",
+        "batch_4_speedup",
+        "batch_16_speedup",
+        "generated_over_teacher_forced_T192",
+    ),
     "netroller": (
         "train_cache_overhead_ratio",
         "train_cache_overhead_epoch_ratio",
@@ -51,7 +57,6 @@ FIGURES = {
         "capture_eos_s_T32",
         "prefill_s",
         "per_token_s",
-        "batch_capture_s_T8",
         "peak_rss_mb",
     ),
     "harvest": (
@@ -68,6 +73,12 @@ FIGURES = {
         "seconds_per_sample_T8",
         "seconds_per_sample_T32",
         "mean_length_T32",
+        "batch_1_samples_per_s",
+        "batch_4_samples_per_s",
+        "batch_16_samples_per_s",
+        "teacher_forced_T192_s_per_sample",
+        "generated_T192_s_per_sample",
+        "bytes_per_sample_T192",
         "rounds",
     ),
     "vad": (
