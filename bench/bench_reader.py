@@ -31,7 +31,6 @@ from tqdm import tqdm
 from netroller.bench.rounds import check_rounds, order, per_round, spread
 from netroller.storage.reader import CacheReader
 from netroller.storage.schema import CacheKey, ManifestRow
-from netroller.storage.shard_format import CRC32C_LIBRARY
 from netroller.storage.writer import CacheWriter
 
 
@@ -255,5 +254,4 @@ def run(size: ReaderBench | None = None) -> dict:
         "memmap_batch_ms_median": round(1e3 * statistics.median(memmap_batch_s), 3),
         "shard_map_ms_mean": round(1e3 * map_s, 3),
         "cache_write_gbps": round(size.samples * sample_bytes / built["write_s"] / 1e9, 3),
-        "crc32c_library": CRC32C_LIBRARY,
     }

@@ -1,10 +1,11 @@
 """The latent cache's self-description: the cache key (provenance), the layout, manifest rows and commit records.
 
-Plain data, no I/O. A cache is trusted for a request only when its `CacheKey` equals what is asked for;
-`CacheKey.differences` names the fields that differ. `LatentKey` is the part of it that decides what one
-sample's latents are (GM, processor, prompts, T, H, dtype, layers, how the GM computed and answered): a run records it, and its one comparison,
-`LatentKey.check`, is what train, eval, resume and `CacheReader(expect=)` use. The format version travels
-in every file the cache writes, and readers refuse versions they do not know.
+Plain data, no I/O. `LatentKey` is the part of a `CacheKey` that decides what one sample's latents are (GM,
+processor, prompts, T, H, dtype, layers, how the GM computed and answered): a run records it, and its one
+comparison, `LatentKey.mismatch` (raised as an error by `LatentKey.check`), is what train, eval, resume,
+`CacheReader(expect=)` and the writer resuming a cache use (the writer with the same layers, and the other
+`CacheKey` fields equal). The format version travels in every file the cache writes, and readers refuse
+versions they do not know.
 
 Files under a cache root:
 
@@ -171,31 +172,47 @@ class LatentKey:
         except ConfigError as err:
             raise CacheError(f"latent key is invalid: {err}") from err
 
+    def mismatch(
+        self, latents: LatentKey, *, evaluating: bool = False, same_layers: bool = False
+    ) -> tuple[str, Any, Any] | None:
+        """The first field on which `latents` are not what this key was recorded for, as (field, this key's
+        value, the latents' value); None when they are. `model` (a name, which may be a hub id, a folder name
+        or, in runs recorded before names were unified, the path as typed) is not compared: the weights are
+        identified by `model_hash`. The latents may hold more layers than this key uses, unless
+        `same_layers` (a cache a harvest resumes must hold exactly the harvest's layers). `evaluating=True`
+        allows the authors' pairing (see `check`)."""
+        pairing = evaluating and self.latents == "teacher-forced" and latents.latents == "generated"
+        for name in LATENT_KEY_FIELDS:
+            if name == "model" or (pairing and name in ("latents", "decode")):
+                continue
+            mine, theirs = getattr(self, name), getattr(latents, name)
+            if name == "layers" and not same_layers:
+                if not set(mine) <= set(theirs):
+                    return name, mine, theirs
+            elif mine != theirs:
+                return name, mine, theirs
+        return None
+
     def check(self, latents: LatentKey, *, where: str, evaluating: bool = False) -> str | None:
-        """Refuse `latents` unless they are what this key was recorded for: CacheKeyMismatchError naming the
-        first differing field. Latents may hold more layers than this key uses. `model` (a name, which may be
-        a hub id, a folder name or, in runs recorded before names were unified, the path as typed) is not
-        compared: the weights are identified by `model_hash`.
+        """Refuse `latents` unless they are what this key was recorded for (`mismatch`): CacheKeyMismatchError
+        naming the first differing field.
 
         `evaluating=True` allows the authors' pairing: a key recorded on teacher-forced latents accepts
         generated latents of the same GM, prompts, layers and positions (then `latents` and `decode`
         differ); the pairing's description (`TEACHER_FORCED_ON_GENERATED`) is returned, else None."""
-        pairing = evaluating and self.latents == "teacher-forced" and latents.latents == "generated"
-        for name in LATENT_KEY_FIELDS:
-            mine, theirs = getattr(self, name), getattr(latents, name)
-            if name == "model" or (pairing and name in ("latents", "decode")):
-                continue
+        found = self.mismatch(latents, evaluating=evaluating)
+        if found is not None:
+            name, mine, theirs = found
             if name == "layers":
-                if not set(mine) <= set(theirs):
-                    raise CacheKeyMismatchError(
-                        f"{where}: layers: the run was trained on GM layers {list(mine)}, "
-                        f"the latents hold {list(theirs)}"
-                    )
-            elif mine != theirs:
-                extra = f" (GM {self.model!r} vs {latents.model!r})" if name == "model_hash" else ""
                 raise CacheKeyMismatchError(
-                    f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}{extra}"
+                    f"{where}: layers: the run was trained on GM layers {list(mine)}, "
+                    f"the latents hold {list(theirs)}"
                 )
+            extra = f" (GM {self.model!r} vs {latents.model!r})" if name == "model_hash" else ""
+            raise CacheKeyMismatchError(
+                f"{where}: {name}: the run was trained with {mine!r}, the latents have {theirs!r}{extra}"
+            )
+        pairing = evaluating and self.latents == "teacher-forced" and latents.latents == "generated"
         return TEACHER_FORCED_ON_GENERATED if pairing else None
 
 
@@ -314,15 +331,6 @@ class CacheKey:
             return cls(**dict(d))
         except (ConfigError, TypeError) as err:
             raise CacheError(f"cache key is invalid: {err}") from err
-
-    def differences(self, other: CacheKey) -> list[str]:
-        """One line per differing field, e.g. "layers: cache has (0, 1), asked for (1,)"."""
-        out = []
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if mine != theirs:
-                out.append(f"{f.name}: cache has {mine!r}, asked for {theirs!r}")
-        return out
 
     @classmethod
     def for_latents(

@@ -18,31 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import google_crc32c  # zarr's own crc32c dependency
 import numpy as np
 import zarr
+from fastcrc.crc32 import iscsi as crc32c
 from zarr.codecs import Crc32cCodec
 
 from netroller.errors import CacheError
 from netroller.storage.schema import HIDDEN, LENGTH, TOKEN_IDS, ZARR_DIR, CacheLayout
 
-# crc32c(data, initial=0) -> int: the crc32c (Castagnoli, as zarr's crc32c codec) of a bytes-like object's
-# bytes (a C-contiguous array, bytes, a memoryview), continuing from `initial`: crc32c(b, crc32c(a)) equals
-# crc32c(a + b). fastcrc folds by carry-less multiplication (PCLMULQDQ / PMULL), ~60 GB/s on one core where
-# google-crc32c's crc32 instruction gives ~30 and a sample's memcpy ~20: the training reader checks every
-# sample it returns, so this halves the cost of that check.
-try:
-    from fastcrc.crc32 import iscsi as crc32c
-
-    CRC32C_LIBRARY = "fastcrc"
-except ImportError:  # the same checksums, at google-crc32c's speed
-
-    def crc32c(data: Any, initial: int = 0) -> int:
-        # google-crc32c takes only buffers that need no release (not memoryviews or bytearrays): a numpy view
-        return google_crc32c.extend(initial, np.frombuffer(data, np.uint8))
-
-    CRC32C_LIBRARY = "google-crc32c"
-
+# crc32c(data, initial=0) -> int (fastcrc's): the crc32c (Castagnoli, as zarr's crc32c codec) of a bytes-like
+# object's bytes (a C-contiguous array, bytes, a memoryview), continuing from `initial`: crc32c(b, crc32c(a))
+# equals crc32c(a + b). fastcrc folds by carry-less multiplication (PCLMULQDQ / PMULL), ~60 GB/s on one core
+# where google-crc32c's crc32 instruction (zarr's) gives ~30 and a sample's memcpy ~20: the training reader
+# checks every sample it returns, so this halves the cost of that check.
 
 MAX_UINT64 = np.uint64(2**64 - 1)
 _CRC_BYTES = 4

@@ -47,7 +47,6 @@ from netroller.storage.schema import (
     CacheKey,
     CacheLayout,
     CommitRecord,
-    LatentKey,
     ManifestRow,
     ShardFileRecord,
 )
@@ -91,23 +90,12 @@ def _check_resumable(root: Path, layout: CacheLayout) -> None:
 _SAMPLE_FIELDS = tuple(f.name for f in fields(CacheKey) if f.name not in LATENT_KEY_FIELDS)
 
 
-def _latent_mismatch(asked: LatentKey, cached: LatentKey) -> tuple[str, object, object] | None:
-    """The first latent field on which a cache's latents are not those a harvest asks for, as (field, asked,
-    cached); None when they are the same latents. `LatentKey.check`'s rules (the GM's name is not compared,
-    its weights are, by `model_hash`), except that the layers must be the same: a resumed cache gets shards of
-    exactly the harvest's layers."""
-    for name in LATENT_KEY_FIELDS:
-        mine, theirs = getattr(asked, name), getattr(cached, name)
-        if name != "model" and mine != theirs:
-            return name, mine, theirs
-    return None
-
-
 def _key_differences(cached: CacheKey, asked: CacheKey) -> list[str]:
     """One line per way the cache at hand differs from the one a harvest asks for ("tokens: cache has 2,
-    asked for 3"): the first differing latent field, then every differing sample field."""
+    asked for 3"): the first field on which its latents differ (`LatentKey.mismatch`, the same layers), then
+    every differing sample field."""
     diffs = []
-    latent = _latent_mismatch(asked.latent_key(), cached.latent_key())
+    latent = asked.latent_key().mismatch(cached.latent_key(), same_layers=True)
     if latent is not None:
         name, mine, theirs = latent
         diffs.append(f"{name}: cache has {theirs!r}, asked for {mine!r}")
