@@ -9,7 +9,7 @@ methods taking turns batch by batch in changing order (`rounds.order`). read_vs_
 the median over its batches of (memmap time / reader time) for the same rows read back to back
 (read_vs_memmap_ratio_unverified: the same with the checksum off); the other
 ratios of a round compare the methods' median batch times; each is reported as the median over the rounds
-with its min and max. `crc32c_library` names the crc32c the reader checked with (`shard_format.crc32c`).
+with its min and max.
 
     python -m netroller.bench.run reader
 """
