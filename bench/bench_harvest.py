@@ -143,13 +143,12 @@ class _BareLoop:
         self._pass(plan.records[: size.shard_size])  # warm-up
 
     def _pass(self, records) -> None:
+        from netroller.models.gm.prompts import DEFAULT_TEMPLATE
         from netroller.stages.harvest import load_camera_images
 
         for rec in records:
             images = load_camera_images(rec, self.plan.dataroot)
-            self.capturer.capture(
-                images, self.plan.prompts.prompt_for(rec.sample_token), key=rec.sample_token
-            )
+            self.capturer.capture(images, DEFAULT_TEMPLATE, key=rec.sample_token)
 
     def seconds(self) -> float:
         start = time.perf_counter()
@@ -166,12 +165,8 @@ class _RayPool:
 
         self._dispatch = dispatch
         self.writer = CacheWriter.create(root, plan.key, plan.manifest, size.shard_size, overwrite=True)
-        work = [
-            (s, [plan.records[i] for i in self.writer.shard_rows(s)]) for s in range(self.writer.num_shards)
-        ]
-        spec = RayHarvestSpec(
-            root=root, capture=plan.capture, prompts=plan.prompts, dataroot=plan.dataroot, batch_size=1
-        )
+        work = [(s, [plan.rows[i] for i in self.writer.shard_rows(s)]) for s in range(self.writer.num_shards)]
+        spec = RayHarvestSpec(root=root, capture=plan.capture, dataroot=plan.dataroot, batch_size=1)
         start = time.perf_counter()
         self.actors = start_actors(spec, WORKERS, 0.0, None)
         self.model_load_s = time.perf_counter() - start
@@ -220,8 +215,8 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
             for shard in range(writer.num_shards):
                 if shard == 1:
                     start = time.perf_counter()
-                recs = [plan.records[i] for i in writer.shard_rows(shard)]
-                harvest_shard(cfg.out, shard, recs, capturer, plan.prompts, plan.dataroot)
+                recs = [plan.rows[i] for i in writer.shard_rows(shard)]
+                harvest_shard(cfg.out, shard, recs, capturer, plan.dataroot)
             elapsed = time.perf_counter() - start
         lengths = CacheReader(cfg.out).read([m.sample_token for m in plan.manifest]).length.tolist()
         timed = len(plan.records) - len(writer.shard_rows(0))

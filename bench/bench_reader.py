@@ -98,6 +98,7 @@ def _key(size: ReaderBench) -> CacheKey:
         attn_implementation="sdpa",
         latents="generated",
         decode="greedy",
+        questions="one",
         dataset_version="bench",
         splits=("train",),
         index_hash="bench",

@@ -32,7 +32,11 @@ def _eval(
     split: str = typer.Option("val", "--split", help="train | val."),
     max_samples: int | None = typer.Option(None, "--max-samples", help="Evaluate only the first N samples."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
-    out_name: str = typer.Option("eval", "--out-name", help="Output folder name inside the run."),
+    out_name: str | None = typer.Option(
+        None,
+        "--out-name",
+        help="Output folder name inside the run [default: the variant's: eval, eval-lag3, eval-shuffled].",
+    ),
     dataroot: Path | None = typer.Option(None, "--dataroot", help="nuScenes root, if moved since prepare."),
     num_plots: int = typer.Option(3, "--num-plots", help="Samples that get BEV and camera pictures."),
     cache: Path | None = typer.Option(
@@ -51,10 +55,7 @@ def _eval(
         "instead of stopping at the first.",
     ),
 ) -> None:
-    from netroller.stages.evaluate import EvalConfig, evaluate, variant_name
-
-    if out_name == "eval":
-        out_name = variant_name(latent_lag, shuffle_latents)
+    from netroller.stages.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(
         run=run,

@@ -81,6 +81,12 @@ def _harvest(
     decode: str = typer.Option("greedy", "--decode", help="Generated answers: greedy | sample."),
     temperature: float = typer.Option(0.1, "--temperature", help="Sampling temperature (the authors' 0.1)."),
     top_p: float = typer.Option(0.75, "--top-p", help="Sampling nucleus mass in (0, 1] (the authors' 0.75)."),
+    questions: str = typer.Option(
+        "one",
+        "--questions",
+        help="DriveLM questions per sample, one cache row each: one (its first planning question) | per-category "
+        "| all; training draws one per sample per epoch, eval reads the first (needs --drivelm unless one).",
+    ),
     seed: int = typer.Option(
         0,
         "--seed",
@@ -126,6 +132,7 @@ def _harvest(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        questions=questions,  # type: ignore[arg-type]
         overwrite=overwrite,
         verify=verify,
     )

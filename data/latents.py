@@ -7,10 +7,16 @@ Which sample's latents a sample gets is decided once, up front (`latent_sources`
 - `shuffle`: every sample gets the latents of another sample of the same split (a fixed-seed
   permutation without fixed points): the control that shows whether the adapter uses the GM at all.
 Samples the harvest could not process come back absent too, and are counted.
+
+A cache may hold several questions per sample (`harvest --questions`), one row each. Which one a sample
+reads is `QuestionDraw`'s choice: in training a fresh draw per sample and epoch from a seed, as the authors
+re-draw a DriveLM question every time a sample is loaded (a category at random, then a question of it); in
+eval always question 0 (the one `--questions one` asks).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +32,37 @@ from netroller.models.vad.batch import Batch, LatentInputs
 
 
 class LatentSource(Protocol):
-    """Returns the latents of samples by token; None or an unknown/failed token is absent."""
+    """Returns the latents of samples by token, each asked one of its questions; None or an unknown/failed
+    token is absent."""
 
-    def get(self, tokens: Sequence[str | None]) -> LatentInputs: ...
+    def get(self, tokens: Sequence[str | None], questions: Sequence[int]) -> LatentInputs: ...
+
+    def categories(self, token: str) -> tuple[str, ...]:
+        """The DriveLM category of each question the sample can be asked, question 0 first."""
+        ...
+
+
+@dataclass(frozen=True)
+class QuestionDraw:
+    """Which of a sample's questions it reads: "first" (question 0, eval), or "epoch": per sample and epoch a
+    category drawn uniformly from the sample's, then a question of that category (the authors' draw)."""
+
+    mode: str = "first"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("first", "epoch"):
+            raise ConfigError(f"question draw must be 'first' or 'epoch', got {self.mode!r}")
+
+    def choose(self, token: str, categories: Sequence[str], epoch: int) -> int:
+        if self.mode == "first" or len(categories) < 2:
+            return 0
+        digest = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little")
+        rng = np.random.default_rng([self.seed, epoch, digest])
+        kinds = list(dict.fromkeys(categories))
+        kind = kinds[int(rng.integers(len(kinds)))]
+        rows = [q for q, c in enumerate(categories) if c == kind]
+        return rows[int(rng.integers(len(rows)))]
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -66,9 +100,9 @@ class CachedLatents:
     reader: object  # netroller.storage.reader.CacheReader (picklable, for DataLoader workers)
     layer_positions: tuple[int, ...]  # positions in the cache's layer axis
 
-    def get(self, tokens: Sequence[str | None]) -> LatentInputs:
-        real = [t for t in tokens if t is not None]
-        batch = self.reader.read(real) if real else None
+    def get(self, tokens: Sequence[str | None], questions: Sequence[int]) -> LatentInputs:
+        real = [(t, q) for t, q in zip(tokens, questions, strict=True) if t is not None]
+        batch = self.reader.read([t for t, _ in real], [q for _, q in real]) if real else None
         key = self.reader.key
         shape = (len(tokens), len(self.layer_positions), key.tokens, key.hidden_size)
         hidden = np.zeros(shape, dtype=np.float32)
@@ -89,6 +123,9 @@ class CachedLatents:
             present=torch.from_numpy(present),
         )
 
+    def categories(self, token: str) -> tuple[str, ...]:
+        return self.reader.categories(token)
+
 
 @dataclass
 class OnlineLatents:
@@ -99,11 +136,19 @@ class OnlineLatents:
 
     capturer: object  # netroller.models.gm.capture.LatentCapturer
     prompts: object  # netroller.models.gm.prompts.PromptSource
+    questions: str  # as `harvest --questions`
     index: Index
     dataroot: Path
     dtype: str = "float16"
 
-    def get(self, tokens: Sequence[str | None]) -> LatentInputs:
+    def _items(self, token: str) -> tuple:
+        return self.prompts.select(token, self.questions, answered=self.capturer.latents == "teacher-forced")
+
+    def categories(self, token: str) -> tuple[str, ...]:
+        return tuple(item.category for item in self._items(token))
+
+    def get(self, tokens: Sequence[str | None], questions: Sequence[int]) -> LatentInputs:
+        from netroller.models.gm.capture import Query
         from netroller.stages.harvest import load_camera_images
 
         n_layers = len(self.capturer.layers)
@@ -112,13 +157,12 @@ class OnlineLatents:
         hidden = torch.zeros(len(tokens), n_layers, t_max, hidden_size)
         length = torch.zeros(len(tokens), dtype=torch.long)
         present = torch.zeros(len(tokens), dtype=torch.bool)
-        for i, t in enumerate(tokens):
-            if t is None:
+        for i, (t, q) in enumerate(zip(tokens, questions, strict=True)):
+            items = self._items(t) if t is not None else ()
+            if not 0 <= q < len(items):  # no sample, or nothing to ask it (no answer to teacher-force)
                 continue
             images = load_camera_images(self.index[t], self.dataroot)
-            got = self.capturer.capture(
-                images, self.prompts.prompt_for(t), answer=self.prompts.answer_for(t), key=t
-            )
+            got = self.capturer.capture_batch([Query(images, items[q].question, items[q].answer, t)])[0]
             h = torch.from_numpy(got.hidden)
             if self.dtype != "float32":
                 h = h.to(getattr(torch, self.dtype)).float()
@@ -127,21 +171,29 @@ class OnlineLatents:
 
 
 class LatentDataset(Dataset):
-    """Wraps a sample dataset: item i is (sample i, the token whose latents it gets)."""
+    """Wraps a sample dataset: item i is (sample i, the token whose latents it gets, which question of it)."""
 
-    def __init__(self, base: Dataset, sources: Sequence[str | None]):
+    def __init__(
+        self, base: Dataset, sources: Sequence[str | None], source: LatentSource, draw: QuestionDraw
+    ):
         if len(sources) != len(base):
             raise ConfigError(f"{len(sources)} latent sources for {len(base)} samples")
         self.base = base
         self.sources = list(sources)
+        self.draw = draw
+        self._categories = {t: source.categories(t) for t in self.sources if t is not None}
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int):
-        return self.base[i], self.sources[i]
+        token = self.sources[i]
+        question = 0 if token is None else self.draw.choose(token, self._categories[token], self.epoch)
+        return self.base[i], token, question
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
 
@@ -154,6 +206,6 @@ class LatentCollate:
         self.collate = collate
 
     def __call__(self, items: list) -> Batch:
-        batch = self.collate([s for s, _ in items])
-        batch.latents = self.source.get([t for _, t in items])
+        batch = self.collate([s for s, _, _ in items])
+        batch.latents = self.source.get([t for _, t, _ in items], [q for _, _, q in items])
         return batch

@@ -589,7 +589,9 @@ def spoil_cache_file(root: Path, kind: HostileKind) -> str:
         if kind == "manifest truncated":
             path.write_bytes(path.read_bytes()[:100])
         else:
-            table = pq.read_table(path).rename_columns(["token", "row", "shard", "scene", "frame", "time"])
+            table = pq.read_table(path).rename_columns(
+                ["token", "row", "shard", "scene", "frame", "time", "q", "cat"]
+            )
             pq.write_table(table, path)
     return path.name
 

@@ -25,9 +25,8 @@ import ray.exceptions
 from netroller.errors import ClusterError, WorkerError
 
 if TYPE_CHECKING:
-    from netroller.data.index import SampleRecord
     from netroller.models.gm.capture import CaptureSpec
-    from netroller.models.gm.prompts import PromptSource
+    from netroller.stages.harvest import HarvestRow
     from netroller.storage.schema import CommitRecord
 
 # Work units and commit records are small (records in, a checksum record out), so a local instance needs
@@ -50,7 +49,6 @@ class RayHarvestSpec:
 
     root: Path  # the cache folder (already created by the driver)
     capture: CaptureSpec  # how each actor loads its GM and captures
-    prompts: PromptSource
     dataroot: Path
     batch_size: int
 
@@ -95,7 +93,7 @@ class HarvestActor:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
-    def run(self, shard: int, records: list[SampleRecord]) -> CommitRecord:
+    def run(self, shard: int, records: list[HarvestRow]) -> CommitRecord:
         from netroller.stages.harvest import harvest_shard
 
         progress = self._progress
@@ -104,7 +102,6 @@ class HarvestActor:
             shard,
             records,
             self._capturer,
-            self._spec.prompts,
             self._spec.dataroot,
             batch_size=self._spec.batch_size,
             on_samples=(lambda n: progress.add.remote(n)) if progress is not None else None,
@@ -192,7 +189,7 @@ def _first_line(err: BaseException) -> str:
 
 def dispatch(
     actors: Sequence[ray.actor.ActorHandle],
-    work: Sequence[tuple[int, list[SampleRecord]]],
+    work: Sequence[tuple[int, list[HarvestRow]]],
     progress: ray.actor.ActorHandle | None,
     on_samples: Callable[[int], None],
 ) -> list[CommitRecord]:
@@ -233,7 +230,7 @@ def dispatch(
 
 def run_shards(
     spec: RayHarvestSpec,
-    work: Sequence[tuple[int, list[SampleRecord]]],
+    work: Sequence[tuple[int, list[HarvestRow]]],
     *,
     workers: int,
     gpus_per_worker: float = 0.0,

@@ -78,7 +78,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     """The steps of the recipe, in order."""
     from netroller.data.synth import SynthConfig, generate
     from netroller.models.gm.tiny import build_tiny_gm
-    from netroller.stages.evaluate import EvalConfig, evaluate, variant_name
+    from netroller.stages.evaluate import EvalConfig, evaluate
     from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1
     from netroller.stages.harvest import HarvestConfig, harvest
     from netroller.stages.prepare import PrepareConfig, prepare
@@ -204,13 +204,12 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             cache=None if run_name == "baseline" else cache,
             latent_lag=lag,
             shuffle_latents=shuffle,
-            out_name=variant_name(lag, shuffle),
             max_samples=cfg.eval_max_samples,
         )
-        out = ev.run / ev.out_name
+        out = ev.folder
         steps.append(
             Step(
-                f"eval-{run_name}-{ev.out_name}",
+                f"eval-{run_name}-{out.name}",
                 dataclasses.asdict(ev),
                 upstream,
                 (out,),

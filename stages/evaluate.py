@@ -49,8 +49,9 @@ class EvalConfig:
     """Sample index (Parquet) of the dataset to evaluate on."""
     split: Literal["train", "val"] = "val"
     """Index split to evaluate (nuScenes val for parity with the paper)."""
-    out_name: str = "eval"
-    """Name of the output folder inside the run (variants such as eval-lag3 sit beside it)."""
+    out_name: str | None = None
+    """Name of the output folder inside the run; None: the latent variant's (`variant_name`: eval, eval-lag3,
+    eval-shuffled), so that variants sit beside each other."""
     max_samples: int | None = None
     """Evaluate only the first N samples of the split (None: all)."""
     device: str = "cpu"
@@ -78,7 +79,9 @@ class EvalConfig:
             object.__setattr__(self, "dataroot", Path(self.dataroot))
         if self.split not in ("train", "val"):
             raise ConfigError(f"EvalConfig.split must be 'train' or 'val', got {self.split!r}")
-        if not self.out_name or "/" in self.out_name or self.out_name.startswith("."):
+        if self.out_name is not None and (
+            not self.out_name or "/" in self.out_name or self.out_name.startswith(".")
+        ):
             raise ConfigError(f"EvalConfig.out_name must be a plain folder name, got {self.out_name!r}")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ConfigError(
@@ -90,6 +93,11 @@ class EvalConfig:
             raise ConfigError(f"EvalConfig.latent_lag must be an integer >= 0, got {self.latent_lag!r}")
         if not isinstance(self.num_plots, int) or self.num_plots < 0:
             raise ConfigError(f"EvalConfig.num_plots must be an integer >= 0, got {self.num_plots!r}")
+
+    @property
+    def folder(self) -> Path:
+        """Where the evaluation is written: RUN/<out_name>."""
+        return self.run / (self.out_name or variant_name(self.latent_lag, self.shuffle_latents))
 
 
 def variant_name(latent_lag: int = 0, shuffle_latents: bool = False) -> str:
@@ -108,13 +116,14 @@ def predict(
     """Decoded predictions (`VADPrediction`) of the first `max_samples` samples of the split, in order, and
     how many of those samples had no latents.
 
-    With a NetRoller adapter (`roller`) each batch carries the latents of `latents` (a LatentSource) for the
+    With a NetRoller adapter (`roller`) each batch carries the latents of `latents` (a LatentSetup) for the
     samples chosen by the lag / shuffle settings, and the adapter shifts the BEV. A sample without latents
     (a lag before its scene starts, a sample the harvest could not process) sees only the nonsensical token.
     """
     from netroller.data.dataset import SampleDataset, collate
-    from netroller.data.latents import LatentCollate, LatentDataset, latent_sources
+    from netroller.data.latents import QuestionDraw
     from netroller.models.vad.predictions import decode
+    from netroller.stages.latents import feed_latents
 
     dataset = SampleDataset(
         index, cfg.split, vad=vad_cfg, train=False, dataroot=dataroot, max_samples=cfg.max_samples
@@ -123,11 +132,17 @@ def predict(
         print(f"eval: {note}", file=sys.stderr, flush=True)
     collate_fn = collate
     if roller is not None:
-        sources = latent_sources(
-            index, dataset.records, lag=cfg.latent_lag, shuffle=cfg.shuffle_latents, seed=cfg.shuffle_seed
+        # Question 0 of every sample: the question `--questions one` asks, whatever the cache holds.
+        feed = feed_latents(
+            latents,
+            dataset,
+            index,
+            lag=cfg.latent_lag,
+            shuffle=cfg.shuffle_latents,
+            shuffle_seed=cfg.shuffle_seed,
+            draw=QuestionDraw("first"),
         )
-        dataset = LatentDataset(dataset, sources)
-        collate_fn = LatentCollate(latents, collate)
+        dataset, collate_fn = feed.dataset, feed.collate
     # One sample at a time in the index's scene order: the previous BEV is carried through each scene, as
     # the official test does (`VAD.forward_test`).
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_fn)
@@ -151,9 +166,9 @@ def predict(
 
 
 def _open_run_latents(meta: dict | None, cfg: EvalConfig):
-    """The run's latent source from --cache, after checking the cache key against the run's."""
-    from netroller.data.latents import CachedLatents
-    from netroller.storage.reader import CacheReader
+    """The run's latents from --cache (a `LatentSetup`, None for a VAD-only run), after checking the cache
+    key against the run's."""
+    from netroller.stages.latents import open_cache
     from netroller.storage.schema import LatentKey
 
     if meta is None:
@@ -162,34 +177,35 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
                 f"{cfg.run} is a VAD-only run (no NetRoller adapter): --cache, --latent-lag and "
                 "--shuffle-latents do not apply"
             )
-        return None, None
+        return None
     if cfg.cache is None:
         raise ConfigError(f"{cfg.run} is a NetRoller run: give the latent cache with --cache")
     trained_on = LatentKey.from_dict(meta["latents_key"])
-    reader = CacheReader(cfg.cache)
     # Strict but for the authors' pairing (trained teacher-forced, evaluated on generated latents).
-    pairing = trained_on.check(reader.key.latent_key(), where=f"cache {reader.root}", evaluating=True)
-    if cfg.skip_damaged:
-        reader.leave_out(reader.damaged_samples())
-    positions = tuple(reader.key.layers.index(layer) for layer in trained_on.layers)
-    return CachedLatents(reader, positions), pairing
+    return open_cache(
+        cfg.cache,
+        layers=trained_on.layers,
+        skip_damaged=cfg.skip_damaged,
+        expect=trained_on,
+        evaluating=True,
+    )
 
 
 def evaluate(cfg: EvalConfig) -> Path:
-    """Evaluate the run on the split; returns RUN/<out_name>. ModelError for a missing or mismatched run."""
+    """Evaluate the run on the split; returns `cfg.folder`. ModelError for a missing or mismatched run."""
     from netroller.stages.finetune import load_netroller_run
 
     if not cfg.run.is_dir():
         raise ModelError(f"run folder not found: {cfg.run}")
     model, roller, meta, vad_cfg, _ = load_netroller_run(cfg.run, device=cfg.device)
-    latents, pairing = _open_run_latents(meta, cfg)
+    latents = _open_run_latents(meta, cfg)
     index = read_index(cfg.index)
     dataroot = index.dataroot(cfg.dataroot)
     eval_set = eval_set_for(index.meta.version, cfg.split)
     nusc = open_nuscenes(dataroot, index.meta.version)  # before inference: a broken dataroot fails fast
     preds, without_latents = predict(model, vad_cfg, index, cfg, dataroot, roller=roller, latents=latents)
     records = {r.sample_token: r for r in index.split(cfg.split)}
-    target = cfg.run / cfg.out_name
+    target = cfg.folder
     with atomic_path(target) as tmp:
         tmp.mkdir()
         metrics = compute_metrics(preds, records, nusc=nusc, eval_set=eval_set, work=tmp, dataroot=dataroot)
@@ -202,13 +218,13 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["netroller_mode"] = nr["mode"]
             metrics["netroller_shift"] = nr["shift"]
             metrics["latent_lag"] = cfg.latent_lag
-            metrics["latent_pairing"] = pairing
+            metrics["latent_pairing"] = latents.pairing
             metrics["shuffled_latents"] = cfg.shuffle_latents
             metrics["samples_without_latents"] = without_latents
             if cfg.skip_damaged:
                 # Damaged samples of the whole cache, read as absent (counted in samples_without_latents
                 # where an evaluated sample would have read one).
-                metrics["cache_samples_damaged_left_out"] = len(latents.reader.left_out)
+                metrics["cache_samples_damaged_left_out"] = len(latents.damaged)
         (tmp / "metrics.json").write_text(metrics_json(metrics))
         write_predictions(preds, records, tmp / "predictions.parquet")
         plots = _plots(preds[: cfg.num_plots], records, dataroot, tmp / "plots")
@@ -216,7 +232,7 @@ def evaluate(cfg: EvalConfig) -> Path:
         synthetic = is_synthetic(nusc.get("scene", t)["description"] for t in scenes)
         notes = [
             data_note(dataroot, index.meta.version, synthetic=synthetic),
-            gm_note(cfg.cache if roller is not None else None, pairing=pairing),
+            gm_note(cfg.cache if roller is not None else None, pairing=latents.pairing if latents else None),
         ]
         report = render_report(metrics, run=cfg.run, split=cfg.split, notes=notes, plots=plots)
         (tmp / "report.md").write_text(report)

@@ -19,21 +19,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from netroller.data.dataset import collate
 from netroller.data.index import read_index
-from netroller.data.latents import (
-    CachedLatents,
-    LatentCollate,
-    LatentDataset,
-    LatentSource,
-    OnlineLatents,
-    latent_sources,
-)
+from netroller.data.latents import QuestionDraw
 from netroller.errors import ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
 from netroller.models.vad.config import recipe
 from netroller.models.vad.detector import VAD
 from netroller.pipeline.ddp import current_group
+from netroller.stages.latents import LatentSetup, feed_latents, open_cache, open_online
 from netroller.stages.run_dir import load_weights, split_weights
 from netroller.stages.train import (
     TrainConfig,
@@ -88,6 +81,8 @@ class NetRollerConfig:
     """Online: chat | alpaca | auto, as `harvest --prompt-format`."""
     latents: str = "generated"
     """Online: generated (greedy) | teacher-forced (the GM reads each sample's DriveLM answer)."""
+    questions: str = "one"
+    """Online: one | per-category | all, as `harvest --questions`."""
     shuffle_seed: int = 0
     """Seed of the shuffled-latent permutation."""
     warmup_epochs: float = 1.0
@@ -160,90 +155,30 @@ def finetune_c1(index: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@dataclass(frozen=True)
-class LatentSetup:
-    """The latent side of a run: where latents come from, their key, and which layers the adapter sees."""
-
-    source: LatentSource
-    key: LatentKey  # with the layers the adapter is fed
-    cache_layers: tuple[int, ...]
-    layer_positions: tuple[int, ...]
-    hidden_size: int
-    damaged: frozenset[str] = frozenset()  # samples left out under skip_damaged
-
-
-def _used_layers(spec: str, available: tuple[int, ...], num_model_layers: int) -> tuple[int, ...]:
-    from netroller.models.gm.capture import resolve_layers
-
-    used = resolve_layers(spec, num_model_layers)
-    missing = [layer for layer in used if layer not in available]
-    if missing:
-        raise ConfigError(
-            f"--layers-used {spec!r} asks for GM layers {missing} that the latents do not hold "
-            f"(they hold {list(available)})"
-        )
-    return used
-
-
-def open_latents(nr: NetRollerConfig, index_path: Path, dataroot: Path | None = None) -> LatentSetup:
-    """Open the cache (or load the GM for online runs) and resolve the layers the adapter sees."""
+def open_latents(
+    nr: NetRollerConfig, index_path: Path, dataroot: Path | None = None, *, expect: LatentKey | None = None
+) -> LatentSetup:
+    """The run's latents: its cache, or the GM online; with `expect` (a resumed run's key) they must be the
+    latents it was trained on."""
     if not nr.online:
-        from netroller.storage.reader import CacheReader
-
-        reader = CacheReader(nr.cache)
-        key = reader.key
-        used = _used_layers(nr.layers_used, key.layers, key.num_model_layers)
-        positions = tuple(key.layers.index(layer) for layer in used)
-        run_key = key.latent_key(used)
-        damaged = frozenset(reader.damaged_samples()) if nr.skip_damaged else frozenset()
-        reader.leave_out(damaged)
-        return LatentSetup(
-            CachedLatents(reader, positions), run_key, key.layers, positions, key.hidden_size, damaged
-        )
-
-    from netroller.data.index import CAMERAS
-    from netroller.models.gm.capture import CaptureSpec, Decoding, resolve_layers
-    from netroller.models.gm.loader import default_compute_dtype, inspect_gm
-    from netroller.models.gm.prompts import PromptSource, prompt_hash
-    from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
-
-    model = nr.model or str(build_tiny_gm(default_tiny_gm_path()))
-    info = inspect_gm(model, fingerprint=False)
-    captured = resolve_layers(nr.layers, info.num_layers)
-    used = _used_layers(nr.layers_used, captured, info.num_layers)
-    prompts = (
-        PromptSource.drivelm(nr.drivelm, fallback=nr.prompt)
-        if nr.drivelm
-        else PromptSource.template(nr.prompt)
-    )
-    spec = CaptureSpec(
-        model=model,
-        device="cpu",
-        compute_dtype=default_compute_dtype("cpu"),
-        attn_implementation="sdpa",
-        layers=used,
+        return open_cache(nr.cache, layers=nr.layers_used, skip_damaged=nr.skip_damaged, expect=expect)
+    setup = open_online(
+        model=nr.model,
+        layers=nr.layers,
+        layers_used=nr.layers_used,
         tokens=nr.tokens,
-        cameras=CAMERAS,
-        latents=nr.latents,  # type: ignore[arg-type]  # checked in __post_init__
-        decoding=Decoding(),
-        prompt_format=nr.prompt_format,  # type: ignore[arg-type]  # checked by the capturer
-    )
-    capturer = spec.capturer(fingerprint=True)
-    index = read_index(index_path)
-    source = OnlineLatents(capturer, prompts, index, index.dataroot(dataroot), dtype=nr.dtype)
-    # The key a harvest with the same settings records (the GM by its name, not the path as typed), so that
-    # a run trained online is evaluated with a cache of the same GM.
-    hashed = prompt_hash(prompts, capturer.gm.processor, fmt=nr.prompt_format, cameras=CAMERAS)
-    run_key = LatentKey.of_gm(
-        capturer.gm.info,
-        prompt_hash=hashed,
-        tokens=nr.tokens,
+        prompt=nr.prompt,
+        drivelm=nr.drivelm,
         dtype=nr.dtype,
-        layers=used,
+        prompt_format=nr.prompt_format,
         latents=nr.latents,
-        decode=capturer.decode,
+        questions=nr.questions,
+        index_path=index_path,
+        dataroot=dataroot,
     )
-    return LatentSetup(source, run_key, captured, tuple(range(len(used))), info.hidden_size)
+    if expect is not None:
+        expect.check(setup.key, where="online GM")
+    return setup
 
 
 def _init_weights(init: Path) -> tuple[dict, Path]:
@@ -272,16 +207,15 @@ def netroller_hooks(
 
     index = read_index(cfg.index)
     base = build_dataset(cfg, vad_cfg, index)
-    sources = latent_sources(
-        index, base.records, lag=nr.latent_lag, shuffle=nr.shuffle_latents, seed=nr.shuffle_seed
-    )
-    without = sum(t is None for t in sources)
-    reader = getattr(setup.source, "reader", None)
-    damaged = sum(t is not None and t in setup.damaged for t in sources)
-    failed = (
-        sum(t is not None and t not in reader and t not in setup.damaged for t in sources)
-        if reader is not None
-        else 0
+    feed = feed_latents(
+        setup,
+        base,
+        index,
+        lag=nr.latent_lag,
+        shuffle=nr.shuffle_latents,
+        shuffle_seed=nr.shuffle_seed,
+        # Latents with several questions per sample: one drawn per sample and epoch from the run's seed.
+        draw=QuestionDraw("epoch", seed=cfg.seed),
     )
     adapter_cfg = AdapterConfig(
         gm_hidden=setup.hidden_size,
@@ -296,17 +230,13 @@ def netroller_hooks(
     hooks = TrainHooks(
         modules={"netroller": NetRoller(adapter_cfg)},
         shift=_roller_shift,
-        dataset=LatentDataset(base, sources),
-        collate=LatentCollate(setup.source, collate),
+        dataset=feed.dataset,
+        collate=feed.collate,
         prepare=prepare,
         freeze_model=nr.freeze_sm,
         describe={
-            "samples": len(base),
+            **feed.counts,
             "samples_unreadable": len(base.unreadable),
-            "samples_without_latents": without + failed + damaged,
-            "no_earlier_frame_for_lag": without,
-            "failed_in_harvest": failed,
-            "damaged_left_out": damaged,
             "latent_lag": nr.latent_lag,
             "shuffled": nr.shuffle_latents,
         },
@@ -317,13 +247,12 @@ def netroller_hooks(
 def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
     """Train VAD + the NetRoller adapter from latents; returns the run dir."""
     run = Path(cfg.out)
-    setup = open_latents(nr, cfg.index, cfg.dataroot)
     saved = run / NETROLLER_FILE
-    if cfg.resume and saved.is_file():
-        previous = json.loads(saved.read_text())
-        LatentKey.from_dict(previous["latents_key"]).check(setup.key, where=str(nr.cache or "online GM"))
-        if previous["netroller"] != nr.to_json():
-            raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
+    previous = json.loads(saved.read_text()) if cfg.resume and saved.is_file() else None
+    expect = LatentKey.from_dict(previous["latents_key"]) if previous is not None else None
+    setup = open_latents(nr, cfg.index, cfg.dataroot, expect=expect)
+    if previous is not None and previous["netroller"] != nr.to_json():
+        raise ConfigError(f"--resume: {run} was trained with other NetRoller settings ({saved})")
     cfg, hooks, adapter_cfg = netroller_hooks(cfg, nr, setup)
     group = current_group()
     if group is not None and not group.is_main:  # rank 0 alone speaks and writes the run dir
@@ -335,7 +264,7 @@ def finetune(cfg: TrainConfig, nr: NetRollerConfig) -> Path:
         f"{d['failed_in_harvest']} failed in harvest"
         + (f", {d['damaged_left_out']} damaged, left out by --skip-damaged)" if nr.skip_damaged else ")")
     )
-    if not cfg.resume or not saved.is_file():
+    if previous is None:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             saved,

@@ -43,16 +43,18 @@ from netroller.models.gm.loader import (
     inspect_gm,
     load_processor,
 )
-from netroller.models.gm.prompts import PromptFormat, PromptSource, prompt_hash
+from netroller.models.gm.prompts import PromptFormat, PromptSource, QAItem, prompt_hash
 from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
 from netroller.storage.schema import (
     LATENT_DTYPES,
     LATENT_KINDS,
+    QUESTION_MODES,
     CacheKey,
     LatentDType,
     LatentKey,
     LatentKind,
     ManifestRow,
+    QuestionMode,
 )
 from netroller.storage.writer import CacheWriter
 
@@ -115,6 +117,9 @@ class HarvestConfig:
     """Sampling nucleus mass (the authors' 0.75)."""
     seed: int = 0
     """Run seed of sampling; each sample is seeded from it and its token (reproducible, resumable)."""
+    questions: QuestionMode = "one"
+    """DriveLM questions asked per sample, one cache row each: "one" (its first planning question), "per-category"
+    (that, then the first of each other category) or "all"; training draws one per sample per epoch."""
     overwrite: bool = False
     """Replace an existing cache built with a different key instead of refusing."""
     verify: bool = True
@@ -149,6 +154,12 @@ class HarvestConfig:
             raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {self.latents!r}")
         if self.latents == "teacher-forced" and self.drivelm is None:
             raise ConfigError("teacher-forced latents need the answers of a DriveLM file: give --drivelm")
+        if self.questions not in QUESTION_MODES:
+            raise ConfigError(f"questions must be one of {', '.join(QUESTION_MODES)}, got {self.questions!r}")
+        if self.questions != "one" and self.drivelm is None:
+            raise ConfigError(
+                f"--questions {self.questions} needs a DriveLM file's questions: give --drivelm"
+            )
         if self.latents == "teacher-forced" and self.decode != "greedy":
             raise ConfigError("--decode applies to generated latents; teacher-forced latents decode nothing")
         _ = self.decoding  # Decoding checks temperature, top-p and seed
@@ -170,6 +181,16 @@ class HarvestConfig:
         return self.batch_size or DEFAULT_BATCH[self.device]
 
 
+@dataclass(frozen=True)
+class HarvestRow:
+    """One row of the cache to compute: a sample and the question it is asked (None: nothing to ask, as a
+    sample without an answer to teacher-force)."""
+
+    record: SampleRecord
+    question: int
+    item: QAItem | None
+
+
 @dataclass(kw_only=True)
 class HarvestPlan:
     """Everything checked and resolved before a single byte of cache is written."""
@@ -177,8 +198,8 @@ class HarvestPlan:
     cfg: HarvestConfig
     gm: GMInfo  # from the config and files: the driver never loads the weights
     capture: CaptureSpec  # how every worker loads the GM and captures
-    prompts: PromptSource
     records: list[SampleRecord]
+    rows: list[HarvestRow]  # in manifest order
     dataroot: Path
     key: CacheKey
     manifest: list[ManifestRow] = field(default_factory=list)
@@ -213,7 +234,8 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     if not dataroot.is_dir():
         raise MissingPathError(f"dataroot of {cfg.index} not found: {dataroot}")
     prompts = _prompt_source(cfg)
-    if cfg.latents == "teacher-forced" and not any(prompts.answer_for(r.sample_token) for r in records):
+    rows = _rows(records, prompts, cfg)
+    if all(row.item is None for row in rows):
         raise DataError(
             f"DriveLM file {cfg.drivelm} answers none of the samples harvested ('A' beside their 'Q'): "
             "teacher-forced latents need answers"
@@ -244,6 +266,7 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
         layers=layers,
         latents=cfg.latents,
         decode="none" if cfg.latents == "teacher-forced" else cfg.decoding.describe(),
+        questions=cfg.questions,
     )
     key = CacheKey.for_latents(
         latent,
@@ -256,23 +279,35 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
     )
     manifest = [
         ManifestRow(
-            sample_token=r.sample_token,
-            scene_token=r.scene_token,
-            frame_index=r.frame_index,
-            timestamp=r.timestamp,
+            sample_token=row.record.sample_token,
+            scene_token=row.record.scene_token,
+            frame_index=row.record.frame_index,
+            timestamp=row.record.timestamp,
+            question=row.question,
+            category=row.item.category if row.item is not None else "",
         )
-        for r in records
+        for row in rows
     ]
     return HarvestPlan(
         cfg=cfg,
         gm=gm,
         capture=capture,
-        prompts=prompts,
         records=records,
+        rows=rows,
         dataroot=dataroot,
         key=key,
         manifest=manifest,
     )
+
+
+def _rows(records: Sequence[SampleRecord], prompts: PromptSource, cfg: HarvestConfig) -> list[HarvestRow]:
+    """Each sample's questions under cfg.questions, one row each (consecutive, question 0 first); teacher
+    forcing asks only answered questions, and a sample without any gets one row with nothing to ask."""
+    rows = []
+    for r in records:
+        items = prompts.select(r.sample_token, cfg.questions, answered=cfg.latents == "teacher-forced")
+        rows += [HarvestRow(r, q, item) for q, item in enumerate(items)] or [HarvestRow(r, 0, None)]
+    return rows
 
 
 def load_camera_images(record: SampleRecord, dataroot: Path) -> list[Image.Image]:
@@ -294,31 +329,33 @@ def load_camera_images(record: SampleRecord, dataroot: Path) -> list[Image.Image
 def harvest_shard(
     writer_root: Path,
     shard: int,
-    records: Sequence[SampleRecord],
+    rows: Sequence[HarvestRow],
     capturer: LatentCapturer,
-    prompts: PromptSource,
     dataroot: Path,
     *,
     batch_size: int = 1,
     on_samples: Callable[[int], None] | None = None,
 ) -> CommitRecord:
-    """Capture one shard's samples and write it whole: the work unit of every worker, with or without Ray.
+    """Capture one shard's rows and write it whole: the work unit of every worker, with or without Ray.
 
     A sample whose camera images cannot be read, or that has no answer to teacher-force, gets length 0
-    (zeros, token ids -1) and a failures entry with the reason; the rest of the shard goes on. `on_samples(n)` is called as samples finish (progress reporting).
+    (zeros, token ids -1) in its rows and a failures entry with the reason; the rest of the shard goes on.
+    `on_samples(n)` is called as rows finish (progress reporting).
     """
     writer = CacheWriter.open(Path(writer_root))
-    rows = writer.shard_rows(shard)
-    if len(rows) != len(records):
-        raise CacheError(f"shard {shard} of {writer_root} has {len(rows)} rows, got {len(records)} records")
+    shard_rows = writer.shard_rows(shard)
+    if len(shard_rows) != len(rows):
+        raise CacheError(
+            f"shard {shard} of {writer_root} has {len(shard_rows)} rows, got {len(rows)} to compute"
+        )
     key = writer.key
     n_layers, tokens, hidden_size = len(key.layers), key.tokens, key.hidden_size
     # float16 caches are filled in float16 directly (half the memory per shard); the writer casts the rest.
     buf_dtype = np.float16 if key.dtype == "float16" else np.float32
-    hidden = np.zeros((len(records), n_layers, tokens, hidden_size), dtype=buf_dtype)
-    length = np.zeros((len(records),), dtype=np.int64)
-    token_ids = np.full((len(records), writer.layout.token_width), -1, dtype=np.int64)
-    failures: list[tuple[str, str]] = []
+    hidden = np.zeros((len(rows), n_layers, tokens, hidden_size), dtype=buf_dtype)
+    length = np.zeros((len(rows),), dtype=np.int64)
+    token_ids = np.full((len(rows), writer.layout.token_width), -1, dtype=np.int64)
+    failures: dict[str, str] = {}  # a sample's rows fail together
 
     pending: list[tuple[int, Query]] = []
 
@@ -332,28 +369,29 @@ def harvest_shard(
             on_samples(len(pending))
         pending.clear()
 
-    def skip(token: str, reason: str) -> None:
-        failures.append((token, reason))
-        if on_samples is not None:
-            on_samples(1)
-
-    for i, record in enumerate(records):
-        token = record.sample_token
-        answer = prompts.answer_for(token)
-        if capturer.latents == "teacher-forced" and answer is None:
-            skip(token, NO_ANSWER)  # as the authors' loader: a frame without a DriveLM answer has no latents
+    images: tuple[str, list[Image.Image]] | None = None  # the last sample's, shared by its questions
+    for i, row in enumerate(rows):
+        token = row.record.sample_token
+        if token in failures or row.item is None:
+            # As the authors' loader: a frame without a DriveLM answer has no latents.
+            failures.setdefault(token, NO_ANSWER)
+            if on_samples is not None:
+                on_samples(1)
             continue
-        try:
-            images = load_camera_images(record, dataroot)
-        except DataError as err:
-            skip(token, str(err))
-            continue
-        pending.append((i, Query(images, prompts.prompt_for(token), answer, token)))
+        if images is None or images[0] != token:
+            try:
+                images = (token, load_camera_images(row.record, dataroot))
+            except DataError as err:
+                failures[token] = str(err)
+                if on_samples is not None:
+                    on_samples(1)
+                continue
+        pending.append((i, Query(images[1], row.item.question, row.item.answer, token)))
         if len(pending) >= batch_size:
             flush()
     if pending:
         flush()
-    return writer.write_shard(shard, hidden, length, token_ids, failures)
+    return writer.write_shard(shard, hidden, length, token_ids, tuple(failures.items()))
 
 
 def _human_bytes(n: float) -> str:
@@ -391,12 +429,13 @@ def harvest(cfg: HarvestConfig) -> Path:
     writer = CacheWriter.create(root, plan.key, plan.manifest, cfg.shard_size, overwrite=cfg.overwrite)
     with writer.lock():
         todo = _shards_to_do(writer, cfg.verify, log)
-        work = [(s, [plan.records[i] for i in writer.shard_rows(s)]) for s in todo]
-        n_todo = sum(len(recs) for _, recs in work)
+        work = [(s, [plan.rows[i] for i in writer.shard_rows(s)]) for s in todo]
+        n_todo = sum(len(rows) for _, rows in work)
         stand_in = " (random-weight stand-in)" if plan.gm.is_random_stand_in else ""
+        asked = f" asked {len(plan.rows)} questions ({cfg.questions})" if cfg.questions != "one" else ""
         log(
-            f"harvest: {len(plan.records)} samples, {len(todo)}/{writer.num_shards} shards pending "
-            f"({n_todo} samples), estimated cache size {_human_bytes(len(plan.records) * writer.layout.sample_bytes())} "
+            f"harvest: {len(plan.records)} samples{asked}, {len(todo)}/{writer.num_shards} shards pending "
+            f"({n_todo} {'samples' if cfg.questions == 'one' else 'rows'}), estimated cache size {_human_bytes(len(plan.rows) * writer.layout.sample_bytes())} "
             f"(L={len(plan.capture.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
             f"GM {plan.key.model}{stand_in} in {plan.gm.compute_dtype}, {cfg.latents} latents"
             + (f" ({plan.key.decode})" if cfg.latents == "generated" else "")
@@ -416,7 +455,6 @@ def harvest(cfg: HarvestConfig) -> Path:
                 spec = RayHarvestSpec(
                     root=root.resolve(),
                     capture=plan.capture,
-                    prompts=plan.prompts,
                     dataroot=plan.dataroot.resolve(),
                     batch_size=cfg.samples_per_pass,
                 )
@@ -447,17 +485,16 @@ def _absolute_if_local(model: str) -> str:
 def _run_in_process(
     plan: HarvestPlan,
     root: Path,
-    work: Sequence[tuple[int, list[SampleRecord]]],
+    work: Sequence[tuple[int, list[HarvestRow]]],
     on_samples: Callable[[int], None],
 ) -> None:
     capturer = plan.capture.capturer()
-    for shard, records in work:
+    for shard, rows in work:
         harvest_shard(
             root,
             shard,
-            records,
+            rows,
             capturer,
-            plan.prompts,
             plan.dataroot,
             batch_size=plan.cfg.samples_per_pass,
             on_samples=on_samples,

@@ -438,12 +438,16 @@ def load_run_with_hooks(
     if not run.is_dir():
         raise ModelError(f"run dir not found: {run}")
     imported = (run / IMPORT_RECORD).is_file()
-    needed = ("model_config.json", "checkpoints/last.safetensors") + (() if imported else ("train_config.json",))
+    needed = ("model_config.json", "checkpoints/last.safetensors") + (
+        () if imported else ("train_config.json",)
+    )
     for name in needed:
         if not (run / name).is_file():
             raise ModelError(f"{run}: not a finished training run (no {name})")
     try:
-        train_cfg = None if imported else TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
+        train_cfg = (
+            None if imported else TrainConfig.from_json(json.loads((run / "train_config.json").read_text()))
+        )
         vad_cfg = config_from_dict(json.loads((run / "model_config.json").read_text()))
     except (ValueError, TypeError) as err:
         raise ModelError(f"{run}: unreadable config ({err})") from err

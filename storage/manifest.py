@@ -1,4 +1,4 @@
-"""manifest.parquet: which sample lies in which row and shard of the cache."""
+"""manifest.parquet: which sample, asked which of its questions, lies in which row and shard of the cache."""
 
 from __future__ import annotations
 
@@ -22,26 +22,38 @@ SCHEMA = pa.schema(
         ("scene_token", pa.string()),
         ("frame_index", pa.int64()),
         ("timestamp", pa.int64()),
+        ("question", pa.int64()),
+        ("category", pa.string()),
     ]
 )
 
 
 def check_manifest(rows: Sequence[ManifestRow]) -> None:
-    """DataError for an empty manifest or a repeated sample token."""
+    """DataError for an empty manifest, or a sample whose rows are not consecutive and numbered 0, 1, ..."""
     if not rows:
         raise DataError("the cache manifest is empty: no samples to cache")
     seen: set[str] = set()
+    previous: ManifestRow | None = None
     for row in rows:
-        if row.sample_token in seen:
+        continues = previous is not None and row.sample_token == previous.sample_token
+        if not continues and row.sample_token in seen:
             raise DataError(f"the cache manifest lists sample_token {row.sample_token!r} twice")
+        expected = previous.question + 1 if continues else 0
+        if row.question != expected:
+            raise DataError(
+                f"the cache manifest gives sample_token {row.sample_token!r} question {row.question} where its "
+                f"question {expected} belongs (a sample's rows are consecutive, its questions 0, 1, ...)"
+            )
         seen.add(row.sample_token)
+        previous = row
 
 
 def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
     """Hash of the rows in order; equal manifests give equal hashes."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(f"{r.sample_token}\x1f{r.scene_token}\x1f{r.frame_index}\x1f{r.timestamp}\x1e".encode())
+        fields = (r.sample_token, r.scene_token, r.frame_index, r.timestamp, r.question, r.category)
+        h.update(("\x1f".join(map(str, fields)) + "\x1e").encode())
     return h.hexdigest()
 
 
@@ -55,6 +67,8 @@ def write_manifest(root: Path, rows: Sequence[ManifestRow], shard_size: int) -> 
             pa.array([r.scene_token for r in rows], pa.string()),
             pa.array([int(r.frame_index) for r in rows], pa.int64()),
             pa.array([int(r.timestamp) for r in rows], pa.int64()),
+            pa.array([int(r.question) for r in rows], pa.int64()),
+            pa.array([r.category for r in rows], pa.string()),
         ],
         schema=SCHEMA,
     )
@@ -89,11 +103,10 @@ def read_manifest(root: str | Path, *, samples: int, shard_size: int) -> list[Ma
         raise CacheError(f"cache manifest {path}: column 'row' is not 0..{samples - 1} in order")
     if not np.array_equal(np.asarray(cols["shard"]), expect_rows // shard_size):
         raise CacheError(f"cache manifest {path}: column 'shard' disagrees with shard size {shard_size}")
+    names = ("sample_token", "scene_token", "frame_index", "timestamp", "question", "category")
     rows = [
-        ManifestRow(sample_token=t, scene_token=s, frame_index=f, timestamp=ts)
-        for t, s, f, ts in zip(
-            cols["sample_token"], cols["scene_token"], cols["frame_index"], cols["timestamp"], strict=True
-        )
+        ManifestRow(**dict(zip(names, values, strict=True)))
+        for values in zip(*(cols[n] for n in names), strict=True)
     ]
     try:
         check_manifest(rows)

@@ -123,10 +123,15 @@ class CacheReader:
             expect.check(self.key.latent_key(), where=f"cache {self.root}")
         check_array_metadata(self.root, self.layout)
         manifest = read_manifest(self.root, samples=self.layout.samples, shard_size=self.layout.shard_size)
-        self.tokens: list[str] = [r.sample_token for r in manifest]
-        self._row = {t: i for i, t in enumerate(self.tokens)}
+        self.tokens: list[str] = [r.sample_token for r in manifest]  # per row
+        rows: dict[str, list[int]] = {}
+        for i, t in enumerate(self.tokens):
+            rows.setdefault(t, []).append(i)
+        self._rows = {t: tuple(r) for t, r in rows.items()}  # token -> its rows, question 0 first
+        self._categories = {t: tuple(manifest[i].category for i in r) for t, r in self._rows.items()}
         size = self.layout.shard_size
-        self._where = {t: divmod(i, size) for i, t in enumerate(self.tokens)}  # token -> (shard, local row)
+        # token -> (shard, local row) of each of its questions
+        self._where = {t: tuple(divmod(i, size) for i in r) for t, r in self._rows.items()}
         self._specs = array_specs(self.layout)
         self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
         self._commits_dir = str(self.root / COMMITS_DIR)
@@ -145,24 +150,32 @@ class CacheReader:
         return self.layout.samples
 
     def __contains__(self, token: object) -> bool:
-        row = self._row.get(token) if isinstance(token, str) else None
+        """The sample has latents: its question 0 lies in a committed shard, and it neither failed in the
+        harvest nor was left out."""
+        rows = self._rows.get(token) if isinstance(token, str) else None
         return (
-            row is not None
-            and row // self.layout.shard_size in self._commits
+            rows is not None
+            and rows[0] // self.layout.shard_size in self._commits
             and token not in self._failed
             and token not in self._left_out
         )
 
+    def categories(self, token: str) -> tuple[str, ...]:
+        """The DriveLM category of each of the sample's questions (its rows), question 0 first; () for a
+        token the cache does not hold."""
+        return self._categories.get(token, ())
+
     def failures(self) -> list[tuple[str, str]]:
         """(sample_token, reason) of every failed sample in a committed shard, in row order."""
-        return sorted(self._failed.items(), key=lambda tr: self._row[tr[0]])
+        return sorted(self._failed.items(), key=lambda tr: self._rows[tr[0]][0])
 
     @property
     def committed_shards(self) -> list[int]:
         return sorted(self._commits)
 
-    def read(self, tokens: Sequence[str]) -> LatentBatch:
-        """Latents of `tokens` (any order, repeats allowed)."""
+    def read(self, tokens: Sequence[str], questions: Sequence[int] | None = None) -> LatentBatch:
+        """Latents of `tokens` (any order, repeats allowed), each asked its question `questions[i]` (default:
+        question 0); a question the sample was not asked reads as absent."""
         lay = self.layout
         b = len(tokens)
         nbytes = lay.sample_bytes()
@@ -178,10 +191,11 @@ class CacheReader:
         got: list[int] = []
         got_length: list[int] = []
         for i, token in enumerate(tokens):
-            shard_local = where.get(token)
-            if shard_local is None or (left_out and token in left_out):
+            rows = where.get(token)
+            q = 0 if questions is None else questions[i]
+            if rows is None or not 0 <= q < len(rows) or (left_out and token in left_out):
                 continue
-            shard, local = shard_local
+            shard, local = rows[q]
             try:
                 sh = shards[shard]
             except KeyError:
@@ -221,7 +235,7 @@ class CacheReader:
             for local, sample in enumerate(sh.samples):
                 if sample is not None and crc32c(sample) != sh.crcs[local]:
                     damaged.append(self.tokens[start + local])
-        return damaged
+        return list(dict.fromkeys(damaged))  # a sample with several damaged questions once
 
     def leave_out(self, tokens: Sequence[str]) -> None:
         """Serve `tokens` as absent (present=False) from now on, e.g. the damaged samples under --skip-damaged."""
@@ -362,7 +376,7 @@ class CacheReader:
             os.close(fd)  # the map stays valid without it
         rows = self.layout.shard_rows(shard)  # the last shard may hold fewer than S: its tail stays unwritten
         start = rows.start
-        failed = {self._row[t] - start for t, _ in record.failures if t in self._row}
+        failed = {i - start for t, _ in record.failures for i in self._rows.get(t, ()) if i in rows}
         n = spec.inner_nbytes
         samples: list[memoryview | None] = []
         crcs: list[int] = []

@@ -58,6 +58,8 @@ def commit_name(shard: int) -> str:
 
 LatentKind = Literal["generated", "teacher-forced"]
 LATENT_KINDS: tuple[str, ...] = get_args(LatentKind)
+QuestionMode = Literal["one", "per-category", "all"]
+QUESTION_MODES: tuple[str, ...] = get_args(QuestionMode)
 
 LATENT_KEY_FIELDS = (
     "model",
@@ -72,6 +74,7 @@ LATENT_KEY_FIELDS = (
     "attn_implementation",
     "latents",
     "decode",
+    "questions",
 )
 # What the code did before these fields were recorded (runs trained with such code carry keys without them).
 _LATENT_KEY_DEFAULTS = {
@@ -79,6 +82,7 @@ _LATENT_KEY_DEFAULTS = {
     "attn_implementation": "sdpa",
     "latents": "generated",
     "decode": "greedy",
+    "questions": "one",
 }
 # The one allowed difference between a run's key and the latents it is evaluated on (the authors' setting):
 # trained on teacher-forced latents, evaluated on latents the same GM generated from the same prompts.
@@ -117,11 +121,15 @@ class LatentKey:
     decode: str
     """How answers were generated ("greedy", "sample(temperature=0.1,top_p=0.75,seed=0)"); "none" when
     teacher-forced."""
+    questions: QuestionMode
+    """Which DriveLM questions each sample was asked, one row each: "one", "per-category" or "all"."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if self.latents not in LATENT_KINDS:
             raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {self.latents!r}")
+        if self.questions not in QUESTION_MODES:
+            raise ConfigError(f"questions must be one of {', '.join(QUESTION_MODES)}, got {self.questions!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,6 +147,7 @@ class LatentKey:
         layers: Sequence[int],
         latents: str,
         decode: str,
+        questions: str,
     ) -> LatentKey:
         """The key of latents a GM (`netroller.models.gm.loader.GMInfo`: its name, weight and processor
         hashes, width, compute dtype and attention) makes from these prompts, positions, dtype and layers;
@@ -156,6 +165,7 @@ class LatentKey:
             attn_implementation=gm.attn_implementation,
             latents=latents,
             decode=decode,
+            questions=questions,
         )
 
     @classmethod
@@ -248,6 +258,8 @@ class CacheKey:
     """"generated" or "teacher-forced" (see `LatentKey.latents`)."""
     decode: str
     """How answers were generated (see `LatentKey.decode`)."""
+    questions: QuestionMode
+    """Which questions each sample was asked (see `LatentKey.questions`)."""
     dataset_version: str
     """nuScenes version, e.g. "v1.0-mini"."""
     splits: tuple[str, ...]
@@ -294,6 +306,8 @@ class CacheKey:
             raise ConfigError(f"CacheKey.dtype must be one of {LATENT_DTYPES}, got {self.dtype!r}")
         if self.latents not in LATENT_KINDS:
             raise ConfigError(f"CacheKey.latents must be one of {LATENT_KINDS}, got {self.latents!r}")
+        if self.questions not in QUESTION_MODES:
+            raise ConfigError(f"CacheKey.questions must be one of {QUESTION_MODES}, got {self.questions!r}")
         if not self.splits:
             raise ConfigError("CacheKey.splits must name at least one split, got ()")
         if self.format_version != CACHE_FORMAT_VERSION:
@@ -373,17 +387,23 @@ class CacheKey:
             attn_implementation=self.attn_implementation,
             latents=self.latents,
             decode=self.decode,
+            questions=self.questions,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ManifestRow:
-    """One sample of the cache, in row order (row = position in the manifest)."""
+    """One row of the cache (row = position in the manifest): a sample asked one of its questions. The rows
+    of a sample are consecutive, its questions numbered 0, 1, ... (0: the one eval reads)."""
 
     sample_token: str
     scene_token: str
     frame_index: int
     timestamp: int
+    question: int = 0
+    """Which of the sample's questions (`PromptSource.select` order)."""
+    category: str = ""
+    """That question's DriveLM category ("" for a sample that has none to ask)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -378,9 +378,11 @@ class CacheWriter:
                 self.root, samples=self.layout.samples, shard_size=self.layout.shard_size
             )
             self._tokens = [r.sample_token for r in manifest]
-        in_shard = {self._tokens[r]: r for r in rows}
+        in_shard: dict[str, list[int]] = {}
+        for r in rows:
+            in_shard.setdefault(self._tokens[r], []).append(r)
         for token, reason in failures:
             if token not in in_shard:
                 raise CacheError(f"shard {shard}: failed sample {token!r} is not one of this shard's samples")
-            if length[in_shard[token] - rows.start] != 0:
+            if any(length[r - rows.start] != 0 for r in in_shard[token]):
                 raise CacheError(f"shard {shard}: failed sample {token!r} must have length 0 ({reason})")

@@ -147,8 +147,8 @@ def test_layers_used_selects_cache_layers(tiny_cache, index_path):
     setup = open_latents(NetRollerConfig(cache=tiny_cache, layers_used="-1"), index_path)
     assert setup.key.layers == (key.layers[-1],)
     token = read_index(index_path).records[0].sample_token
-    full = CachedLatents(CacheReader(tiny_cache), tuple(range(len(key.layers)))).get([token])
-    last = setup.source.get([token])
+    full = CachedLatents(CacheReader(tiny_cache), tuple(range(len(key.layers)))).get([token], [0])
+    last = setup.source.get([token], [0])
     torch.testing.assert_close(last.hidden[:, 0], full.hidden[:, -1])
 
 
@@ -227,10 +227,10 @@ def test_online_trained_run_is_evaluated_with_a_cache_of_the_same_gm(
 
 def test_online_latents_equal_cached_ones(tiny_cache, tiny_gm, index_path):
     tokens = [r.sample_token for r in read_index(index_path).records[:2]] + [None]
-    cached = open_latents(NetRollerConfig(cache=tiny_cache), index_path).source.get(tokens)
+    cached = open_latents(NetRollerConfig(cache=tiny_cache), index_path).source.get(tokens, [0, 0, 0])
     online = open_latents(
         NetRollerConfig(online=True, model=str(tiny_gm), tokens=2, layers="all"), index_path
-    ).source.get(tokens)
+    ).source.get(tokens, [0, 0, 0])
     assert online.present.tolist() == cached.present.tolist() == [True, True, False]
     assert online.length.tolist() == cached.length.tolist()
     torch.testing.assert_close(online.hidden, cached.hidden, rtol=2e-3, atol=2e-3)

@@ -389,7 +389,7 @@ def _drivelm(path: Path, frames: dict) -> Path:
 
 
 def test_template_defaults_to_the_default_question():
-    assert PromptSource.template().prompt_for("any") == DEFAULT_TEMPLATE
+    assert PromptSource.template().select("any", "one")[0].question == DEFAULT_TEMPLATE
 
 
 def test_prompt_hash_depends_on_the_question(gm):
@@ -405,18 +405,18 @@ def test_drivelm_picks_the_first_planning_question(tmp_path):
         "planning": [{"Q": "Plan1?", "A": "y"}, {"Q": "Plan2?", "A": "z"}],
     }
     src = PromptSource.drivelm(_drivelm(tmp_path / "qa.json", {"s1": {"QA": qa}}))
-    assert src.prompt_for("s1") == "Plan1?"
+    assert src.select("s1", "one")[0].question == "Plan1?"
 
 
 def test_drivelm_without_planning_uses_the_first_question(tmp_path):
     qa = {"perception": [{"Q": "P1?", "A": "x"}], "prediction": [{"Q": "Pr1?", "A": "y"}]}
     src = PromptSource.drivelm(_drivelm(tmp_path / "qa.json", {"s1": {"QA": qa}}))
-    assert src.prompt_for("s1") == "P1?"
+    assert src.select("s1", "one")[0].question == "P1?"
 
 
 def test_drivelm_falls_back_for_samples_without_questions(tmp_path):
     path = _drivelm(tmp_path / "qa.json", {"s1": {"QA": {"planning": [{"Q": "Go?", "A": "y"}]}}})
-    assert PromptSource.drivelm(path, fallback="Fallback?").prompt_for("s2") == "Fallback?"
+    assert PromptSource.drivelm(path, fallback="Fallback?").select("s2", "one")[0].question == "Fallback?"
 
 
 def test_drivelm_empty_file_raises(tmp_path):

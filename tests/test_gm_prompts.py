@@ -202,13 +202,33 @@ def test_drivelm_keeps_every_item_in_file_order(tmp_path):
     assert source.items_for("unknown") == ()
 
 
+def _one(source: PromptSource, token: str) -> QAItem:
+    (item,) = source.select(token, "one")
+    return item
+
+
 def test_drivelm_answer_belongs_to_the_chosen_question(tmp_path):
     source = PromptSource.drivelm(_drivelm(tmp_path / "qa.json"))
-    assert source.prompt_for("s1") == "What should the ego vehicle do?"
-    assert source.answer_for("s1") == "Slow down."
-    assert source.answer_for("s2") == "Going straight."
-    assert source.answer_for("unknown") is None
-    assert PromptSource.template().answer_for("s1") is None
+    assert _one(source, "s1") == QAItem("planning", "What should the ego vehicle do?", "Slow down.")
+    assert _one(source, "s2").answer == "Going straight."
+    assert _one(source, "unknown") == QAItem("template", source.default, None)
+    assert _one(PromptSource.template(), "s1").answer is None
+
+
+def test_select_asks_the_chosen_question_first_then_per_category_or_all(tmp_path):
+    source = PromptSource.drivelm(_drivelm(tmp_path / "qa.json"))
+    chosen = QAItem("planning", "What should the ego vehicle do?", "Slow down.")
+    ahead = QAItem("perception", "What is ahead?", "A bus.")
+    assert source.select("s1", "per-category") == (chosen, ahead)
+    assert source.select("s1", "all") == (chosen, ahead, QAItem("planning", "Why?", None))
+    # Teacher forcing asks only answered questions; a sample without any is asked nothing.
+    assert source.select("s1", "all", answered=True) == (chosen, ahead)
+    assert PromptSource.template().select("s1", "all", answered=True) == ()
+
+
+def test_an_unknown_question_mode_is_one_clear_line(tmp_path):
+    with pytest.raises(ConfigError, match="questions must be one of one, per-category, all, got 'some'"):
+        PromptSource.template().select("s1", "some")
 
 
 def test_drivelm_answer_must_be_a_string(tmp_path):
@@ -221,7 +241,7 @@ def test_drivelm_answer_must_be_a_string(tmp_path):
 def test_prompt_source_pickles(tmp_path):
     source = PromptSource.drivelm(_drivelm(tmp_path / "qa.json"))
     again = pickle.loads(pickle.dumps(source))
-    assert again == source and again.answer_for("s1") == "Slow down."
+    assert again == source and _one(again, "s1").answer == "Slow down."
 
 
 # --- the tiny Qwen2-VL -------------------------------------------------------------------------------

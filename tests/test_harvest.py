@@ -105,12 +105,12 @@ def test_harvest_rows_equal_direct_capture(base, tiny_gm):
     index = read_index(index_path)
     gm = load_gm(str(tiny_gm))
     capturer = LatentCapturer(gm, layers=tuple(range(gm.num_layers)), tokens=2, cameras=CAMERAS)
-    prompt = PromptSource.template().prompt_for
+    prompt = PromptSource.template().default
     batch = CacheReader(root).read([r.sample_token for r in index.records])
     token_ids = _arrays(root)["token_ids"]
     assert batch.present.all()
     for i, rec in enumerate(index.records):
-        cap = capturer.capture(load_camera_images(rec, index.dataroot()), prompt(rec.sample_token))
+        cap = capturer.capture(load_camera_images(rec, index.dataroot()), prompt)
         np.testing.assert_array_equal(batch.hidden[i], cap.hidden.astype(np.float16))
         assert batch.length[i] == cap.length
         np.testing.assert_array_equal(token_ids[i, : cap.token_ids.shape[0]], cap.token_ids)
@@ -349,7 +349,6 @@ def test_prompt_text_is_part_of_the_cache_key(base, tiny_gm):
 
 def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_gm, tmp_path, ray_local):
     from netroller.data.index import read_index
-    from netroller.models.gm.prompts import PromptSource
     from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
     from netroller.stages.harvest import plan_harvest
 
@@ -358,14 +357,9 @@ def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_
     for c in _commits(root):
         c.unlink()
     index = read_index(index_path)
-    spec = RayHarvestSpec(
-        root=root,
-        capture=plan_harvest(_cfg(index_path, root, tiny_gm)).capture,
-        prompts=PromptSource.template(),
-        dataroot=index.dataroot(),
-        batch_size=1,
-    )
-    work = [(0, index.records[0:2]), (1, index.records[0:1])]  # shard 1 has 2 rows: its unit is malformed
+    plan = plan_harvest(_cfg(index_path, root, tiny_gm))
+    spec = RayHarvestSpec(root=root, capture=plan.capture, dataroot=index.dataroot(), batch_size=1)
+    work = [(0, plan.rows[0:2]), (1, plan.rows[0:1])]  # shard 1 has 2 rows: its unit is malformed
     with pytest.raises(WorkerError, match="failed on shard 1: CacheError.*re-run the same harvest to resume"):
         run_shards(spec, work, workers=1)
     assert [c.name for c in _commits(root)] == ["000000.json"]
@@ -483,3 +477,41 @@ def test_the_gm_settings_are_part_of_the_cache_key(base, tiny_gm):
         harvest(_cfg(index, root, tiny_gm, decode="sample"))
     with pytest.raises(CacheKeyMismatchError, match="attn_implementation"):
         harvest(_cfg(index, root, tiny_gm, attn_implementation="eager"))
+
+
+def test_several_questions_per_sample_are_rows_of_their_own(small_index, tiny_gm, tmp_path, capsys):
+    import json
+
+    from netroller.data.index import CAMERAS, read_index
+    from netroller.models.gm.capture import LatentCapturer
+    from netroller.models.gm.loader import load_gm
+    from netroller.storage.reader import CacheReader
+
+    qa = {
+        "perception": [{"Q": "What is ahead?", "A": "A bus."}, {"Q": "Anyone behind?", "A": "No."}],
+        "planning": [{"Q": "What should the ego vehicle do next?", "A": "Slow down."}],
+    }
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps({"s0": {"key_frames": {"tok000": {"QA": qa}}}}))
+    cfg = _cfg(small_index, tmp_path / "cache", tiny_gm, drivelm=path, questions="all", progress=True)
+    root = harvest(cfg)
+    assert "6 samples asked 8 questions (all)" in capsys.readouterr().err
+    reader = CacheReader(root)
+    assert reader.key.questions == "all" and len(reader) == 8
+    assert reader.categories("tok000") == ("planning", "perception", "perception")
+    assert reader.categories("tok001") == ("template",)
+    batch = reader.read(["tok000", "tok000", "tok000", "tok001"], [0, 1, 2, 1])
+    assert batch.present.tolist() == [True, True, True, False]  # tok001 was asked one question only
+    index = read_index(small_index)
+    images = load_camera_images(index["tok000"], index.dataroot())
+    capturer = LatentCapturer(load_gm(tiny_gm), layers="all", tokens=2, cameras=CAMERAS)
+    for q, question in enumerate(
+        ["What should the ego vehicle do next?", "What is ahead?", "Anyone behind?"]
+    ):
+        cap = capturer.capture(images, question)
+        np.testing.assert_array_equal(batch.hidden[q], cap.hidden.astype(np.float16))
+
+
+def test_questions_beyond_one_need_a_drivelm_file(small_index, tiny_gm, tmp_path):
+    with pytest.raises(ConfigError, match="--questions per-category needs a DriveLM file's questions"):
+        harvest(_cfg(small_index, tmp_path / "cache", tiny_gm, questions="per-category"))

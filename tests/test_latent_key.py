@@ -22,6 +22,7 @@ TRAINED = LatentKey(
     attn_implementation="sdpa",
     latents="teacher-forced",
     decode="none",
+    questions="one",
 )
 GENERATED = dataclasses.replace(
     TRAINED, latents="generated", decode="sample(temperature=0.1,top_p=0.75,seed=0)", layers=(0, 1, 2, 3)
@@ -61,14 +62,15 @@ def test_a_key_recorded_before_the_gm_fields_reads_as_what_the_code_then_did():
     old = {
         k: v
         for k, v in TRAINED.to_dict().items()
-        if k not in ("compute_dtype", "attn_implementation", "latents", "decode")
+        if k not in ("compute_dtype", "attn_implementation", "latents", "decode", "questions")
     }
     key = LatentKey.from_dict(old)
-    assert (key.compute_dtype, key.attn_implementation, key.latents, key.decode) == (
+    assert (key.compute_dtype, key.attn_implementation, key.latents, key.decode, key.questions) == (
         "float32",
         "sdpa",
         "generated",
         "greedy",
+        "one",
     )
 
 

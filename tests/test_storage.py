@@ -54,6 +54,7 @@ def make_key(**changes) -> CacheKey:
         attn_implementation="sdpa",
         latents="generated",
         decode="greedy",
+        questions="one",
         dataset_version="v1.0-mini",
         splits=("train",),
         index_hash="i0",

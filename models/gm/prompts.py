@@ -22,8 +22,9 @@ processor's settings.
 
 DriveLM format: {scene_token: {"key_frames": {sample_token: {"QA": {"perception": [{"Q": ..., "A": ...}],
 "prediction": [...], "planning": [...], "behavior": [...]}}}}}. Each sample keeps its QA items in file order
-(`items_for`); its one question (`prompt_for`, `answer_for`) is its first planning item, else its first item;
-samples without items get the fallback template and no answer.
+(`items_for`); `select` gives the questions it is asked (one cache row each) under `--questions one` (its
+first planning item, else its first item), `per-category` or `all`; samples without items get the fallback
+template and no answer.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from netroller.errors import ConfigError, DataError, MissingPathError, ModelError
+from netroller.storage.schema import QUESTION_MODES
 
 DEFAULT_TEMPLATE = (
     "What are the important objects in the current scene? "
@@ -51,6 +53,7 @@ ALPACA_WRAPPER = (
 )
 
 PromptFormat = Literal["auto", "chat", "alpaca"]
+TEMPLATE_CATEGORY = "template"  # the category of the default question, asked where a sample has none
 ResolvedFormat = Literal["chat", "alpaca"]
 
 # Rendered into the prompt hash: any change to how a prompt is written out changes the cache key.
@@ -135,14 +138,12 @@ class PromptSource:
     """sample_token -> its QA items in file order (categories, then items); only samples that have some."""
     origin: str = "template"
     """Where the questions came from, for messages and provenance."""
-    _chosen: Mapping[str, QAItem] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.default.strip():
             raise ConfigError("prompt template must not be empty")
         qa = {sample: tuple(items) for sample, items in self.qa.items() if items}
         object.__setattr__(self, "qa", MappingProxyType(qa))
-        object.__setattr__(self, "_chosen", MappingProxyType({s: _choose(items) for s, items in qa.items()}))
 
     def __reduce__(self):
         # Mapping proxies do not pickle; rebuild from plain dicts (Ray and worker processes receive these).
@@ -168,28 +169,40 @@ class PromptSource:
             raise DataError(f"DriveLM file {path} holds no questions")
         return cls(default=DEFAULT_TEMPLATE if fallback is None else fallback, qa=qa, origin=str(path))
 
-    @property
-    def per_sample(self) -> Mapping[str, str]:
-        """sample_token -> its chosen question, for samples with QA items."""
-        return MappingProxyType({s: item.question for s, item in self._chosen.items()})
-
     def items_for(self, sample_token: str) -> tuple[QAItem, ...]:
         """The sample's QA items in file order; empty for a sample without any."""
         return self.qa.get(sample_token, ())
 
-    def item_for(self, sample_token: str) -> QAItem | None:
-        """The sample's chosen QA item (first planning item, else first item); None without any."""
-        return self._chosen.get(sample_token)
-
-    def prompt_for(self, sample_token: str) -> str:
-        """The chosen question for `sample_token`, or the default (not yet rendered: see `render_prompt`)."""
-        item = self._chosen.get(sample_token)
-        return self.default if item is None else item.question
-
-    def answer_for(self, sample_token: str) -> str | None:
-        """The answer to the chosen question of `sample_token`; None for the default question or no "A"."""
-        item = self._chosen.get(sample_token)
-        return None if item is None else item.answer
+    def select(self, sample_token: str, mode: str, *, answered: bool = False) -> tuple[QAItem, ...]:
+        """The questions `sample_token` is asked under `mode`, one cache row each, the chosen one first (the
+        first planning item, else the first item: what "one" asks, and what eval reads):
+        - "one": the chosen item;
+        - "per-category": the chosen item, then the first item of every other category, in file order;
+        - "all": the chosen item, then every other item, in file order.
+        A sample without items is asked the default question (category "template", no answer).
+        `answered=True` (teacher forcing) considers only items with an answer; a sample without any gets ()."""
+        if mode not in QUESTION_MODES:
+            raise ConfigError(f"questions must be one of {', '.join(QUESTION_MODES)}, got {mode!r}")
+        items = self.items_for(sample_token)
+        if answered:
+            items = tuple(it for it in items if it.answer is not None)
+            if not items:
+                return ()
+        if not items:
+            return (QAItem(category=TEMPLATE_CATEGORY, question=self.default, answer=None),)
+        chosen = _choose(items)
+        if mode == "one":
+            return (chosen,)
+        rest = [it for it in items if it is not chosen]
+        if mode == "per-category":
+            seen = {chosen.category}
+            firsts = []
+            for it in rest:
+                if it.category not in seen:
+                    seen.add(it.category)
+                    firsts.append(it)
+            rest = firsts
+        return (chosen, *rest)
 
 
 def prompt_hash(source: PromptSource, processor: Any, *, fmt: str, cameras: Sequence[str]) -> str:
