@@ -55,7 +55,7 @@ def _harvest(
         help="Existing Ray cluster (default: a local Ray instance sized for this machine).",
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Samples per GM pass inside a worker [default: 1 on CPU, 8 on CUDA]."
+        None, "--batch-size", help="Samples per GM pass inside a worker [default: 4 on CPU, 8 on CUDA]."
     ),
     gm_dtype: str | None = typer.Option(
         None,

@@ -74,7 +74,10 @@ def _copy(cache: Path, tmp_path: Path) -> Path:
 
 
 def _cfg(index: Path, out: Path, gm: Path, **kw) -> HarvestConfig:
-    base = dict(index=index, out=out, model=str(gm), tokens=2, shard_size=2, workers=0, progress=False)
+    """One sample per GM pass unless asked (tests compare rows with a per-sample capture bit for bit)."""
+    base = dict(
+        index=index, out=out, model=str(gm), tokens=2, shard_size=2, workers=0, progress=False, batch_size=1
+    )
     base.update(kw)
     return HarvestConfig(**base)
 
@@ -150,7 +153,7 @@ def _zero_64_bytes_of_hidden_shard(root: Path, shard: int) -> None:
 def _cli_harvest_argv(index: Path, root: Path, gm: Path, *extra: str) -> list[str]:
     return [
         "harvest", "--index", str(index), "--out", str(root), "--model", str(gm), "--tokens", "2",
-        "--shard-size", "2", "--workers", "0", *extra,
+        "--shard-size", "2", "--workers", "0", "--batch-size", "1", *extra,
     ]  # fmt: skip
 
 
@@ -515,3 +518,32 @@ def test_several_questions_per_sample_are_rows_of_their_own(small_index, tiny_gm
 def test_questions_beyond_one_need_a_drivelm_file(small_index, tiny_gm, tmp_path):
     with pytest.raises(ConfigError, match="--questions per-category needs a DriveLM file's questions"):
         harvest(_cfg(small_index, tmp_path / "cache", tiny_gm, questions="per-category"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt-format", "xml"], "prompt format must be one of auto, chat, alpaca, got 'xml'"),
+        (["--latents", "teacher-forced"], "teacher-forced latents need the answers of a DriveLM file"),
+        (["--decode", "sample", "--top-p", "1.5"], r"top-p must lie in (0, 1], got 1.5"),
+    ],
+)
+def test_cli_bad_gm_settings_are_one_line(small_index, tiny_gm, tmp_path, capsys, args, message):
+    from netroller.cli.main import main
+
+    out = tmp_path / "cache"
+    argv = [
+        "harvest",
+        "--index",
+        str(small_index),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_gm),
+        "--workers",
+        "0",
+    ]
+    assert main([*argv, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
