@@ -190,11 +190,14 @@ def test_no_verify_trusts_committed_shards_and_says_so(base, tiny_gm, tmp_path, 
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_gm):
+    """With sampled answers, so that the resumed shards draw what an uninterrupted run draws."""
     index = make_index(tmp_path / "data", samples=8)
-    reference = harvest(_cfg(index, tmp_path / "reference", tiny_gm, shard_size=1, tokens=8))
+    sampling = dict(decode="sample", temperature=1.0, top_p=0.9, seed=5)
+    reference = harvest(_cfg(index, tmp_path / "reference", tiny_gm, shard_size=1, tokens=8, **sampling))
     root = tmp_path / "cache"
     cmd = [sys.executable, "-m", "netroller.cli.main", "harvest", "--index", str(index), "--out", str(root)]
     cmd += ["--model", str(tiny_gm), "--tokens", "8", "--shard-size", "1", "--workers", "0"]
+    cmd += ["--decode", "sample", "--temperature", "1.0", "--top-p", "0.9", "--seed", "5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -207,7 +210,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_gm):
     finally:
         proc.wait()
     assert 1 <= len(_commits(root)) < 8, "the run was not interrupted mid-way"
-    harvest(_cfg(index, root, tiny_gm, shard_size=1, tokens=8))
+    harvest(_cfg(index, root, tiny_gm, shard_size=1, tokens=8, **sampling))
     _assert_same_arrays(root, reference)
 
 
