@@ -112,7 +112,7 @@ class _Epoch:
         from netroller.models.vad.config import recipe
         from netroller.models.vad.detector import VAD
         from netroller.stages.finetune import netroller_hooks
-        from netroller.stages.train import build_optimizer, lr_factor, make_loader
+        from netroller.stages.train import build_optimizer, epoch_loader, lr_factor
 
         torch.manual_seed(0)  # the adapter (built by the hooks) and the model start alike in every run
         cfg, hooks, _ = netroller_hooks(cfg, nr, setup)
@@ -123,13 +123,13 @@ class _Epoch:
             hooks.prepare(self.model)
         self.opt = build_optimizer(self.model, hooks.modules, cfg)
         total = -(-len(hooks.dataset) // cfg.batch_size)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, total, cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, total, cfg, total))
         # as `stages.train.train` runs epoch 1
         self.model.train(not hooks.freeze_model)
         for m in hooks.modules.values():
             m.train()
         hooks.dataset.set_epoch(1)
-        self.batches = iter(make_loader(hooks.dataset, cfg, 1, hooks.collate))
+        self.batches = iter(epoch_loader(hooks.dataset, cfg, 1, hooks.collate)[0])
         self.cfg, self.hooks = cfg, hooks
         self.steps: list[float] = []  # seconds of each step, the loading of its batch included
 
@@ -141,7 +141,7 @@ class _Epoch:
         batch = next(self.batches, None)
         if batch is None:
             return False
-        train_step(self.model, batch, self.opt, self.sched, self.cfg, self.hooks)
+        train_step(self.model, [batch], self.opt, self.sched, self.cfg, self.hooks)
         self.steps.append(time.perf_counter() - start)
         return True
 

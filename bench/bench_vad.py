@@ -106,7 +106,7 @@ def train_samples_per_s(
     for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
-        train_step(model, batch, opt, sched, train_cfg, TrainHooks())
+        train_step(model, [batch], opt, sched, train_cfg, TrainHooks())
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)

@@ -48,6 +48,12 @@ def _eval(
     shuffle_latents: bool = typer.Option(
         False, "--shuffle-latents", help="Control: every sample gets another sample's latents."
     ),
+    lag_policy: str = typer.Option(
+        "exact",
+        "--lag-policy",
+        help="exact (the keyframe --latent-lag earlier) | annotated (the latest DriveLM-annotated keyframe at "
+        "least --latent-lag earlier).",
+    ),
     skip_damaged: bool = typer.Option(
         False,
         "--skip-damaged",
@@ -69,6 +75,7 @@ def _eval(
         cache=cache,
         latent_lag=latent_lag,
         shuffle_latents=shuffle_latents,
+        lag_policy=lag_policy,
         skip_damaged=skip_damaged,
     )
     out = evaluate(cfg)

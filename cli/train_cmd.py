@@ -112,6 +112,25 @@ def register(app: typer.Typer) -> None:
             help="--cache: check every sample's checksum first and train without the damaged ones "
             "(counted) instead of stopping at the first.",
         ),
+        accumulate: int = typer.Option(
+            1,
+            "--accumulate",
+            help="Micro-batches per optimizer step (gradient accumulation, exact: the step of one batch of "
+            "--batch-size).",
+        ),
+        lag_policy: str = typer.Option(
+            "exact",
+            "--lag-policy",
+            help="NetRoller: exact (the keyframe --latent-lag earlier) | annotated (the latest DriveLM-annotated "
+            "keyframe at least --latent-lag earlier, the authors' rule).",
+        ),
+        authors: str | None = typer.Option(
+            None,
+            "--authors",
+            help="NetRoller: one of the authors' configurations (c1 | c2 | c3 | c4 | frozen-bias | "
+            "frozen-bias-le | frozen-tf): adapter, lag, schedule and their effective batch of 64 for "
+            "--num-workers; --mode/--shift/--batch-size/--latent-lag are then the recipe's.",
+        ),
     ) -> None:
         """Train VAD, or fine-tune it with the NetRoller adapter reading GM latents (--cache / --online)."""
         from netroller.stages.train import TrainConfig, train
@@ -127,6 +146,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             dataroot=dataroot,
             workers=num_workers,
+            accumulate=accumulate,
         )
         if epochs is not None:
             common["epochs"] = epochs
@@ -134,6 +154,23 @@ def register(app: typer.Typer) -> None:
             common["lr"] = lr
         if cache is None and not online:
             run = train(TrainConfig(**common))
+        elif authors is not None:
+            from netroller.stages.finetune import authors_recipe, finetune
+
+            if cache is None:
+                raise typer.BadParameter("--authors needs --cache", param_hint="--authors")
+            keep = {
+                k: v
+                for k, v in common.items()
+                if k not in ("index", "out", "batch_size", "workers", "accumulate")
+            }
+            f = authors_recipe(authors, index, out, cache=cache, init=init, workers=num_workers, **keep)
+            if f.train.workers > 1:
+                from netroller.pipeline.ddp import launch
+
+                run = launch(finetune, (f.train, f.netroller), workers=f.train.workers, device=f.train.device)
+            else:
+                run = finetune(f.train, f.netroller)
         else:
             from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1
 
@@ -143,6 +180,7 @@ def register(app: typer.Typer) -> None:
                 mode=mode,
                 shift=shift,
                 latent_lag=latent_lag,
+                lag_policy=lag_policy,
                 freeze_sm=freeze_sm,
                 layers_used=layers_used,
                 layer_embedding=not no_layer_embedding,

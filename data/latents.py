@@ -17,7 +17,7 @@ eval always question 0 (the one `--questions one` asks).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from netroller.data.index import Index, SampleRecord
 from netroller.errors import ConfigError
+from netroller.models.gm.prompts import TEMPLATE_CATEGORY
 from netroller.models.vad.batch import Batch, LatentInputs
 
 
@@ -39,6 +40,10 @@ class LatentSource(Protocol):
 
     def categories(self, token: str) -> tuple[str, ...]:
         """The DriveLM category of each question the sample can be asked, question 0 first."""
+        ...
+
+    def annotated(self, token: str) -> bool:
+        """The sample has latents made from its own DriveLM questions (not the template's)."""
         ...
 
 
@@ -77,15 +82,38 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
+LAG_POLICIES = ("exact", "annotated")
+
+
 def latent_sources(
-    index: Index, records: Sequence[SampleRecord], *, lag: int = 0, shuffle: bool = False, seed: int = 0
+    index: Index,
+    records: Sequence[SampleRecord],
+    *,
+    lag: int = 0,
+    shuffle: bool = False,
+    seed: int = 0,
+    policy: str = "exact",
+    annotated: Callable[[str], bool] | None = None,
 ) -> list[str | None]:
-    """For each record, the sample token whose latents it gets (None: no latents)."""
+    """For each record, the sample token whose latents it gets (None: no latents).
+
+    `policy="exact"`: the keyframe exactly `lag` earlier in the same scene. `policy="annotated"` (the
+    authors' `latency_offset` with `text_latest_frame`): the latest keyframe at least `lag` earlier in the
+    same scene for which `annotated(token)` holds (a DriveLM-annotated frame); none before it."""
     if lag < 0:
         raise ConfigError(f"latent lag must be >= 0, got {lag}")
+    if policy not in LAG_POLICIES:
+        raise ConfigError(f"lag policy must be one of {', '.join(LAG_POLICIES)}, got {policy!r}")
+    if policy == "annotated" and annotated is None:
+        raise ConfigError("the 'annotated' lag policy needs to know which frames are annotated")
     tokens: list[str | None] = []
     for rec in records:
         src = index.scene_neighbour(rec.sample_token, -lag) if lag else rec
+        if policy == "annotated":
+            k = lag
+            while src is not None and not annotated(src.sample_token):
+                k += 1
+                src = index.scene_neighbour(rec.sample_token, -k)
         tokens.append(src.sample_token if src is not None else None)
     if shuffle:
         perm = derangement(len(tokens), seed)
@@ -126,6 +154,9 @@ class CachedLatents:
     def categories(self, token: str) -> tuple[str, ...]:
         return self.reader.categories(token)
 
+    def annotated(self, token: str) -> bool:
+        return token in self.reader and self.reader.categories(token) not in ((), (TEMPLATE_CATEGORY,))
+
 
 @dataclass
 class OnlineLatents:
@@ -146,6 +177,9 @@ class OnlineLatents:
 
     def categories(self, token: str) -> tuple[str, ...]:
         return tuple(item.category for item in self._items(token))
+
+    def annotated(self, token: str) -> bool:
+        return bool(self.prompts.items_for(token))
 
     def get(self, tokens: Sequence[str | None], questions: Sequence[int]) -> LatentInputs:
         from netroller.models.gm.capture import Query

@@ -48,6 +48,7 @@ class AdapterConfig:
     layer_embedding: bool = True  # the positional layer embedding (ablation: off)
     dropout: float = 0.1
     fuse_heads: int = 8  # TF mode: heads of the BEV -> roller cross-attention
+    init_std: float = 0.02  # std of the learned queries, nonsensical token and layer embedding (authors: 1.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", AdapterMode(self.mode))
@@ -63,6 +64,8 @@ class AdapterConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ConfigError(f"AdapterConfig.init_std must be > 0, got {self.init_std}")
 
     @property
     def num_queries(self) -> int:
@@ -93,14 +96,14 @@ class NetRollerAdapter(nn.Module):
         self.cfg = cfg
         h = cfg.gm_hidden
         self.layer_embed = nn.Parameter(torch.zeros(cfg.gm_layers, h)) if cfg.layer_embedding else None
-        self.nonsense = nn.Parameter(torch.randn(1, 1, h) * 0.02)
-        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, h) * 0.02)
+        self.nonsense = nn.Parameter(torch.randn(1, 1, h) * cfg.init_std)
+        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, h) * cfg.init_std)
         self.attn = nn.MultiheadAttention(h, cfg.attn_heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(h)
         self.mlp = _mlp(h, cfg.dropout)
         self.proj = nn.Linear(h, cfg.out_dim)
         if self.layer_embed is not None:
-            nn.init.normal_(self.layer_embed, std=0.02)
+            nn.init.normal_(self.layer_embed, std=cfg.init_std)
 
     def memory(self, hidden: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Latent tokens plus the nonsensical one, and the key padding mask (True = ignore).

@@ -12,6 +12,11 @@ Loss: every VAD loss term is a sum divided by a count (matched boxes, map elemen
 `netroller.models.vad.losses.LossTerm`). The workers add up their counts, and each divides its own sums by
 the global count once: the shares then add up to the loss one worker computes on the whole batch, and the
 summed gradients to its gradient. Nothing here knows which term counts what.
+
+Gradient accumulation is the same split in time: a global batch is cut into `accumulate` x `workers`
+slices (`rank_share` over virtual ranks), worker r running slice m * workers + r as its micro-batch m. The
+counts of all of a step's micro-batches are needed before the first backward: `train_step` takes them
+from a forward pass without gradients first (the loss code's own counts: no second copy of them here).
 """
 
 from __future__ import annotations
@@ -52,6 +57,21 @@ def rank_share(batch: list[int], rank: int, workers: int) -> tuple[list[int], fl
     return [batch[rank % len(batch)]], 0.0
 
 
+def term_counts(terms: dict[str, LossTerm], weight: float) -> dict[str, float]:
+    """Each term's count, times the sample's weight (0: a padding sample counts nothing)."""
+    return {name: float(term.count) * weight for name, term in terms.items()}
+
+
+def loss_shares(
+    terms: dict[str, LossTerm], counts: dict[str, float], weight: float
+) -> tuple[Tensor, dict[str, float]]:
+    """(the loss to backpropagate: these terms' sums divided by the counts of the whole step, `counts`;
+    each term's share as a float, which summed over the step's micro-batches and workers gives the term)."""
+    shares = {name: term.total * weight / max(counts[name], 1.0) for name, term in terms.items()}
+    total = sum(shares.values())
+    return total, {"total": float(total.detach()), **{k: float(v.detach()) for k, v in shares.items()}}
+
+
 def global_loss(
     terms: dict[str, LossTerm],
     sum_floats: Callable[[dict[str, float]], dict[str, float]] | None,
@@ -62,8 +82,6 @@ def global_loss(
 
     `sum_floats` adds a dict of floats over the workers (None: one worker). `weight` 0 makes a padding
     sample add nothing, to the sums or to the counts."""
-    local = {name: float(term.count) * weight for name, term in terms.items()}
+    local = term_counts(terms, weight)
     counts = sum_floats(local) if sum_floats is not None else local
-    shares = {name: term.total * weight / max(counts[name], 1.0) for name, term in terms.items()}
-    total = sum(shares.values())
-    return total, {"total": float(total.detach()), **{k: float(v.detach()) for k, v in shares.items()}}
+    return loss_shares(terms, counts, weight)

@@ -64,6 +64,9 @@ class EvalConfig:
     """Latent cache for a NetRoller run (refused unless its key matches the one the run was trained on)."""
     latent_lag: int = 0
     """NetRoller: the sample at t gets the latents of t - lag in the same scene (none before the scene has them)."""
+    lag_policy: str = "exact"
+    """NetRoller: "exact" (the keyframe `latent_lag` earlier) or "annotated" (the latest DriveLM-annotated
+    keyframe at least `latent_lag` earlier, the authors' rule)."""
     shuffle_latents: bool = False
     """NetRoller control: every sample gets another sample's latents (fixed permutation, no fixed points)."""
     shuffle_seed: int = 0
@@ -91,20 +94,28 @@ class EvalConfig:
             object.__setattr__(self, "cache", Path(self.cache))
         if not isinstance(self.latent_lag, int) or self.latent_lag < 0:
             raise ConfigError(f"EvalConfig.latent_lag must be an integer >= 0, got {self.latent_lag!r}")
+        if self.lag_policy not in ("exact", "annotated"):
+            raise ConfigError(
+                f"EvalConfig.lag_policy must be 'exact' or 'annotated', got {self.lag_policy!r}"
+            )
         if not isinstance(self.num_plots, int) or self.num_plots < 0:
             raise ConfigError(f"EvalConfig.num_plots must be an integer >= 0, got {self.num_plots!r}")
 
     @property
     def folder(self) -> Path:
         """Where the evaluation is written: RUN/<out_name>."""
-        return self.run / (self.out_name or variant_name(self.latent_lag, self.shuffle_latents))
+        return self.run / (
+            self.out_name or variant_name(self.latent_lag, self.shuffle_latents, self.lag_policy)
+        )
 
 
-def variant_name(latent_lag: int = 0, shuffle_latents: bool = False) -> str:
-    """The eval folder of a latent variant: eval, eval-lag3, eval-shuffled, eval-lag3-shuffled."""
+def variant_name(latent_lag: int = 0, shuffle_latents: bool = False, lag_policy: str = "exact") -> str:
+    """The eval folder of a latent variant: eval, eval-lag3, eval-lag3-annotated, eval-shuffled, ..."""
     name = "eval"
     if latent_lag:
         name += f"-lag{latent_lag}"
+    if lag_policy != "exact":
+        name += f"-{lag_policy}"
     if shuffle_latents:
         name += "-shuffled"
     return name
@@ -140,6 +151,7 @@ def predict(
             lag=cfg.latent_lag,
             shuffle=cfg.shuffle_latents,
             shuffle_seed=cfg.shuffle_seed,
+            lag_policy=cfg.lag_policy,
             draw=QuestionDraw("first"),
         )
         dataset, collate_fn = feed.dataset, feed.collate
@@ -218,6 +230,7 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["netroller_mode"] = nr["mode"]
             metrics["netroller_shift"] = nr["shift"]
             metrics["latent_lag"] = cfg.latent_lag
+            metrics["lag_policy"] = cfg.lag_policy
             metrics["latent_pairing"] = latents.pairing
             metrics["shuffled_latents"] = cfg.shuffle_latents
             metrics["samples_without_latents"] = without_latents

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from netroller.data.index import read_index
-from netroller.data.latents import QuestionDraw
+from netroller.data.latents import LAG_POLICIES, QuestionDraw
 from netroller.errors import ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
 from netroller.models.vad.config import recipe
@@ -55,6 +55,9 @@ class NetRollerConfig:
     """query: shift the BEV queries before the encoder; feature: the BEV features after it."""
     latent_lag: int = 0
     """The SM at sample t gets the GM latents of the keyframe t - lag of the same scene."""
+    lag_policy: str = "exact"
+    """"exact": the keyframe exactly `latent_lag` earlier; "annotated": the latest DriveLM-annotated keyframe
+    at least `latent_lag` earlier in the scene (the authors' `latency_offset` with `text_latest_frame`)."""
     shuffle_latents: bool = False
     """Control: every sample gets another sample's latents (a fixed permutation without fixed points)."""
     freeze_sm: bool = False
@@ -87,6 +90,8 @@ class NetRollerConfig:
     """Seed of the shuffled-latent permutation."""
     warmup_epochs: float = 1.0
     """Linear warm-up length in epochs (the authors: 1); sets TrainConfig.warmup_steps from the data size."""
+    init_std: float = 0.02
+    """Std of the adapter's learned query, nonsensical token and layer embedding (the authors': 1.0)."""
     skip_damaged: bool = False
     """Cache: check every sample's checksum first and train without the damaged ones (counted), instead of
     stopping at the first; how the cache is read, not a setting of the run (not in netroller.json)."""
@@ -111,6 +116,10 @@ class NetRollerConfig:
             raise ConfigError(f"NetRollerConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.latent_lag < 0:
             raise ConfigError(f"NetRollerConfig.latent_lag must be >= 0, got {self.latent_lag}")
+        if self.lag_policy not in LAG_POLICIES:
+            raise ConfigError(
+                f"NetRollerConfig.lag_policy must be one of {', '.join(LAG_POLICIES)}, got {self.lag_policy!r}"
+            )
         if self.tokens < 1:
             raise ConfigError(f"NetRollerConfig.tokens must be >= 1, got {self.tokens}")
         if self.dtype not in ("float16", "float32", "bfloat16"):
@@ -137,9 +146,17 @@ class NetRollerConfig:
         return cls(**d)
 
 
+# The authors' effective batch: 1 sample per GPU x 8 GPUs x 8 accumulation steps (`cumulative_iters = 8`).
+AUTHORS_BATCH = 64
+
+
 def finetune_c1(index: Path, out: Path, **overrides) -> TrainConfig:
-    """The authors' c1 fine-tune: AdamW lr 3.125e-5 (1e-3 x 8 / 256), betas (0.9, 0.95), wd 0.02,
-    grad clip 5, backbone lr x0.1, 5 epochs; the 1-epoch warm-up comes from NetRollerConfig.warmup_epochs."""
+    """The training settings all the authors' fine-tunes share (Rex-sys-hk/NetRoller
+    `challenge/RollNet/projects/configs/rollnet/rollnet_base_c1.py`): AdamW lr 3.125e-5 (1e-3 x 8 GPUs / 256),
+    betas (0.9, 0.95), weight decay 0.02, gradient clip 5, backbone lr x0.1, 5 epochs, mmcv's CosineAnnealing
+    per epoch to 1e-6 x lr after a linear warm-up over epoch 1 from 1e-3 x lr (its length comes from
+    NetRollerConfig.warmup_epochs). The batch stays `TrainConfig`'s unless given: `authors_recipe` sets the
+    authors' effective batch of 64."""
     base = dict(
         index=index,
         out=out,
@@ -149,10 +166,116 @@ def finetune_c1(index: Path, out: Path, **overrides) -> TrainConfig:
         weight_decay=0.02,
         grad_clip=5.0,
         backbone_lr_mult=0.1,
-        warmup_ratio=1.0 / 3,
+        schedule="epoch",
+        warmup_ratio=1e-3,
+        min_lr_ratio=1e-6,
     )
     base.update(overrides)
     return TrainConfig(**base)
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """A fine-tune as the authors configured one: the training and the adapter, and the latents it expects."""
+
+    train: TrainConfig
+    netroller: NetRollerConfig
+    tokens: int
+    """T of the latents the config reads (`max_hidden_states_iters`): harvest with --tokens T."""
+
+
+def c1(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides) -> Finetune:
+    """`rollnet_base_c1.py`: Bias mode (1 roller), Query Shift of the BEV queries, all 32 GM layers with the
+    layer embedding, T=192 (the last prompt token and up to 191 answer tokens), VAD trained too; the adapter's
+    query, nonsensical token and layer embedding drawn from N(0, 1) as theirs (nn.Embedding's default); the
+    effective batch of 64 as `AUTHORS_BATCH / workers` accumulation steps of one sample per worker. Differs
+    from theirs: the GM is not trained or run here (its latents come from the cache), fp32 instead of their
+    DeepSpeed fp16."""
+    if AUTHORS_BATCH % workers:
+        raise ConfigError(f"the authors' batch of {AUTHORS_BATCH} does not divide among {workers} workers")
+    train = finetune_c1(
+        index,
+        out,
+        batch_size=AUTHORS_BATCH,
+        accumulate=AUTHORS_BATCH // workers,
+        workers=workers,
+        **overrides,
+    )
+    nr = NetRollerConfig(
+        cache=cache,
+        init=init,
+        mode=AdapterMode.BIAS,
+        shift=ShiftPlace.QUERY,
+        latent_lag=3,
+        lag_policy="annotated",
+        init_std=1.0,
+    )
+    return Finetune(train, nr, tokens=192)
+
+
+def c2(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides) -> Finetune:
+    """`rollnet_base_c2.py`: c1 reading the last GM layer only (`last_layer = 1`)."""
+    f = c1(index, out, cache=cache, init=init, workers=workers, **overrides)
+    return dataclasses.replace(f, netroller=dataclasses.replace(f.netroller, layers_used="-1"))
+
+
+def c3(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides) -> Finetune:
+    """`rollnet_base_c3.py`: TF mode (8 rollers the BEV queries cross-attend to), Query Shift, T=1."""
+    f = c1(index, out, cache=cache, init=init, workers=workers, **overrides)
+    return Finetune(f.train, dataclasses.replace(f.netroller, mode=AdapterMode.TF), tokens=1)
+
+
+def c4(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides) -> Finetune:
+    """`rollnet_base_c4.py`: Bias mode shifting the BEV encoder's output (`rolling_query_names = ['bev_emb']`:
+    Feature Shift), T=1."""
+    f = c1(index, out, cache=cache, init=init, workers=workers, **overrides)
+    return Finetune(f.train, dataclasses.replace(f.netroller, shift=ShiftPlace.FEATURE), tokens=1)
+
+
+def frozen_bias(
+    index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides
+) -> Finetune:
+    """`rollnet_base_2_25.py`: VAD frozen (`VAD_phase = 'freeze'`), the adapter alone trained; Bias, Query
+    Shift, T=1, without the layer embedding."""
+    f = c4(index, out, cache=cache, init=init, workers=workers, **overrides)
+    nr = dataclasses.replace(f.netroller, shift=ShiftPlace.QUERY, freeze_sm=True, layer_embedding=False)
+    return Finetune(f.train, nr, tokens=1)
+
+
+def frozen_bias_le(
+    index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides
+) -> Finetune:
+    """`rollnet_base_2_25_1_le.py`: `frozen_bias` with the layer embedding."""
+    f = frozen_bias(index, out, cache=cache, init=init, workers=workers, **overrides)
+    return dataclasses.replace(f, netroller=dataclasses.replace(f.netroller, layer_embedding=True))
+
+
+def frozen_tf(
+    index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides
+) -> Finetune:
+    """`rollnet_base_3_25.py`: VAD frozen; TF mode (8 rollers) on the BEV encoder's output (Feature Shift),
+    T=1, without the layer embedding."""
+    f = frozen_bias(index, out, cache=cache, init=init, workers=workers, **overrides)
+    nr = dataclasses.replace(f.netroller, mode=AdapterMode.TF, shift=ShiftPlace.FEATURE)
+    return Finetune(f.train, nr, tokens=1)
+
+
+AUTHORS_RECIPES = {
+    "c1": c1,
+    "c2": c2,
+    "c3": c3,
+    "c4": c4,
+    "frozen-bias": frozen_bias,
+    "frozen-bias-le": frozen_bias_le,
+    "frozen-tf": frozen_tf,
+}
+
+
+def authors_recipe(name: str, index: Path, out: Path, **kw) -> Finetune:
+    """The authors' configuration `name` (`AUTHORS_RECIPES`); ConfigError naming the known ones."""
+    if name not in AUTHORS_RECIPES:
+        raise ConfigError(f"unknown fine-tune recipe {name!r}: one of {', '.join(AUTHORS_RECIPES)}")
+    return AUTHORS_RECIPES[name](index, out, **kw)
 
 
 def open_latents(
@@ -214,6 +337,7 @@ def netroller_hooks(
         lag=nr.latent_lag,
         shuffle=nr.shuffle_latents,
         shuffle_seed=nr.shuffle_seed,
+        lag_policy=nr.lag_policy,
         # Latents with several questions per sample: one drawn per sample and epoch from the run's seed.
         draw=QuestionDraw("epoch", seed=cfg.seed),
     )
@@ -224,6 +348,7 @@ def netroller_hooks(
         mode=nr.mode,
         shift=nr.shift,
         layer_embedding=nr.layer_embedding,
+        init_std=nr.init_std,
     )
     steps_per_epoch = -(-len(base) // cfg.batch_size)
     cfg = dataclasses.replace(cfg, warmup_steps=round(nr.warmup_epochs * steps_per_epoch))
@@ -238,6 +363,7 @@ def netroller_hooks(
             **feed.counts,
             "samples_unreadable": len(base.unreadable),
             "latent_lag": nr.latent_lag,
+            "lag_policy": nr.lag_policy,
             "shuffled": nr.shuffle_latents,
         },
     )

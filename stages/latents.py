@@ -174,11 +174,21 @@ def feed_latents(
     lag: int = 0,
     shuffle: bool = False,
     shuffle_seed: int = 0,
+    lag_policy: str = "exact",
     draw: QuestionDraw = QuestionDraw(),
 ) -> LatentFeed:
     """`base` (a `SampleDataset`) with each sample's latents from `setup`: those of the keyframe `lag`
-    earlier in its scene, or another sample's (`shuffle`, the control), asked the question `draw` picks."""
-    sources = latent_sources(index, base.records, lag=lag, shuffle=shuffle, seed=shuffle_seed)
+    earlier in its scene (`lag_policy="annotated"`: the latest DriveLM-annotated one at least `lag`
+    earlier), or another sample's (`shuffle`, the control), asked the question `draw` picks."""
+    sources = latent_sources(
+        index,
+        base.records,
+        lag=lag,
+        shuffle=shuffle,
+        seed=shuffle_seed,
+        policy=lag_policy,
+        annotated=setup.source.annotated,
+    )
     without = sum(t is None for t in sources)
     reader = getattr(setup.source, "reader", None)
     damaged = sum(t is not None and t in setup.damaged for t in sources)

@@ -23,11 +23,12 @@ generator reseeded per (seed, epoch, rank), so a resumed data-parallel run is ex
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,14 @@ from netroller.models.vad.detector import VAD
 from netroller.models.vad.losses import vad_losses
 from netroller.models.vad.perception_transformer import BevShift
 from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group, launch
-from netroller.stages.batching import epoch_generator, global_batches, global_loss, rank_share
+from netroller.stages.batching import (
+    epoch_generator,
+    global_batches,
+    global_loss,
+    loss_shares,
+    rank_share,
+    term_counts,
+)
 from netroller.stages.run_dir import (
     HOOK_PREFIX,
     IMPORT_RECORD,
@@ -82,11 +90,18 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas (the NetRoller fine-tune uses (0.9, 0.95))."""
     warmup_steps: int = 10
-    """Linear warm-up steps from warmup_ratio * lr to lr; cosine decay to min_lr_ratio * lr after."""
+    """Linear warm-up steps (optimizer steps) from warmup_ratio * lr to lr; cosine decay to min_lr_ratio * lr."""
     warmup_ratio: float = 1.0 / 3
     """Learning-rate factor at step 0 (mmcv's default warm-up ratio)."""
     min_lr_ratio: float = 1e-3
-    """Learning-rate factor at the last step."""
+    """Learning-rate factor at the end of the cosine."""
+    schedule: str = "step"
+    """"step": the cosine advances every optimizer step; "epoch": once per epoch, the warm-up counted in
+    micro-batches (mmcv's CosineAnnealing with warmup_by_epoch, as VAD's and the authors' configs run it)."""
+    accumulate: int = 1
+    """Micro-batches per optimizer step: each global batch of batch_size runs as `accumulate` micro-batches
+    (split further among `workers`) whose gradients add up to the whole batch's, exactly (see
+    `netroller.stages.batching`); a forward pass without gradients first gives the step's loss counts."""
     grad_clip: float = 35.0
     """Max global gradient norm (VAD: 35)."""
     seed: int = 0
@@ -113,7 +128,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ConfigError(f"TrainConfig.recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "workers"):
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "workers", "accumulate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "num_workers"):
@@ -128,11 +143,14 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.grad_clip > 0:
             raise ConfigError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
-        if self.batch_size % self.workers:
+        if self.batch_size % (self.workers * self.accumulate):
             raise ConfigError(
-                f"TrainConfig.batch_size {self.batch_size} does not divide among workers={self.workers}: "
-                "give a global batch that is a multiple of the worker count"
+                f"TrainConfig.batch_size {self.batch_size} does not divide into workers={self.workers} x "
+                f"accumulate={self.accumulate} micro-batches: give a global batch that is a multiple of "
+                f"{self.workers * self.accumulate}"
             )
+        if self.schedule not in ("step", "epoch"):
+            raise ConfigError(f"TrainConfig.schedule must be 'step' or 'epoch', got {self.schedule!r}")
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -155,6 +173,10 @@ _RESUME_FIXED = (
     "weight_decay",
     "betas",
     "warmup_steps",
+    "warmup_ratio",
+    "min_lr_ratio",
+    "schedule",
+    "accumulate",
     "seed",
     "max_samples",
     "split",
@@ -194,65 +216,101 @@ def build_optimizer(model: VAD, extra: dict[str, nn.Module], cfg: TrainConfig) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to `min_lr_ratio`."""
+def lr_factor(step: int, total: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """The learning-rate factor of optimizer step `step` (0-based) of `total`: linear warm-up, then cosine
+    decay to `min_lr_ratio`, per step or per epoch (`cfg.schedule`)."""
+    if cfg.schedule == "epoch":
+        return _epoch_lr_factor(step, cfg, steps_per_epoch)
     if step < cfg.warmup_steps:
         return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_loader(dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable) -> DataLoader:
-    """The data order of an epoch depends only on (seed, epoch): what makes resume exact."""
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=epoch_generator(cfg.seed, epoch),
-        collate_fn=collate_fn,
-        num_workers=cfg.num_workers,
-    )
+def _epoch_lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """mmcv's CosineAnnealingLrUpdaterHook(by_epoch, warmup="linear", warmup_by_epoch) under its gradient-
+    cumulative optimizer hook: the cosine value of the step's epoch e (0-based) of E, min + (1 - min) *
+    (1 + cos(pi e / E)) / 2, scaled during the warm-up by 1 - (1 - i / W) (1 - warmup_ratio), where i counts
+    micro-batches (the lr is set before each one, and a step uses the one set at its last micro-batch) and
+    W is warmup_steps micro-batch groups."""
+    epoch = step // steps_per_epoch
+    regular = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    n = cfg.accumulate
+    micro, warm = step * n + n - 1, cfg.warmup_steps * n
+    if micro < warm:
+        return regular * (1 - (1 - micro / warm) * (1 - cfg.warmup_ratio))
+    return regular
 
 
-def make_rank_loader(
-    dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable, group: WorkerGroup
+def epoch_loader(
+    dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable, group: WorkerGroup | None = None
 ) -> tuple[DataLoader, list[float], list[int]]:
-    """This worker's slices of the epoch's global batches (the same batches `make_loader` yields), the
-    loss weight of each (0 for a padding sample on a last batch shorter than the worker count), and the
-    global batches' sizes."""
+    """This process's micro-batches of the epoch, in order (`accumulate` per optimizer step), the loss weight
+    of each (0 for a padding sample where a short last batch has fewer samples than micro-batches), and the
+    global batches' sizes. The global batches, of `batch_size` in an order that depends only on (seed,
+    epoch) (what makes resume exact), are the same for every worker count and accumulation."""
     batches = global_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
-    shares = [rank_share(b, group.rank, group.size) for b in batches]
+    rank, world = (group.rank, group.size) if group is not None else (0, 1)
+    n = cfg.accumulate
+    shares = [rank_share(b, m * world + rank, world * n) for b in batches for m in range(n)]
     loader = DataLoader(
         dataset,
         batch_sampler=[s for s, _ in shares],
         collate_fn=collate_fn,
         num_workers=cfg.num_workers,
+        # Loader workers' base seed from the epoch's generator, not the global stream dropout draws from.
+        generator=epoch_generator(cfg.seed, epoch),
     )
     return loader, [w for _, w in shares], [len(b) for b in batches]
 
 
 def train_step(
     model: VAD,
-    batch: Batch,
+    batches: Sequence[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: TrainConfig,
     hooks: TrainHooks,
     group: WorkerGroup | None = None,
-    weight: float = 1.0,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step; returns the losses as floats plus the gradient norm.
+    """One optimizer step over this worker's micro-batches (`accumulate` of them, or one); returns the
+    losses as floats plus the gradient norm.
 
-    With a data-parallel `group`, `batch` is this worker's slice (loss `weight` 0: a padding sample): the
-    loss is its share of the global batch's, gradients are summed over the workers before clipping, and
-    the losses returned are the global batch's, the same on every worker.
+    Each micro-batch's loss is its share of the global batch's (weight 0: a padding sample): its sums
+    divided by the counts of the whole step, over every micro-batch and worker. With several micro-batches
+    those counts come from a forward pass without gradients first, each micro-batch's random state replayed
+    for its second pass, so the step is the one a single pass over the whole batch takes. With a
+    data-parallel `group`, gradients are summed over the workers before clipping, and the losses returned
+    are the global batch's, the same on every worker.
     """
-    shift = hooks.shift(batch, hooks.modules) if hooks.shift is not None else None
-    out = model.forward_train(batch.inputs.frame, batch.inputs.history, shift)
-    terms = vad_losses(out, batch.targets, model.cfg)
-    loss, result = global_loss(terms, group.sum_floats if group is not None else None, weight)
+    weights = [1.0] * len(batches) if weights is None else list(weights)
+    sum_floats = group.sum_floats if group is not None else None
+
+    def terms_of(batch: Batch) -> dict:
+        shift = hooks.shift(batch, hooks.modules) if hooks.shift is not None else None
+        return vad_losses(
+            model.forward_train(batch.inputs.frame, batch.inputs.history, shift), batch.targets, model.cfg
+        )
+
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if len(batches) == 1:
+        loss, result = global_loss(terms_of(batches[0]), sum_floats, weights[0])
+        loss.backward()
+    else:
+        states, counts = [], {}
+        with torch.no_grad():
+            for batch, w in zip(batches, weights, strict=True):
+                states.append(_rng_state(batch))
+                for name, c in term_counts(terms_of(batch), w).items():
+                    counts[name] = counts.get(name, 0.0) + c
+        counts = sum_floats(counts) if sum_floats is not None else counts
+        result = {}
+        for batch, w, state in zip(batches, weights, states, strict=True):
+            _set_rng_state(state)
+            loss, shares = loss_shares(terms_of(batch), counts, w)
+            loss.backward()
+            result = {k: result.get(k, 0.0) + v for k, v in shares.items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if group is not None:
         group.sum_gradients(params)
@@ -263,6 +321,19 @@ def train_step(
         result = group.sum_floats(result)
     result["grad_norm"] = float(grad_norm)
     return result
+
+
+def _rng_state(batch: Batch) -> tuple:
+    """The random state a forward pass draws from (dropout): the CPU's and, on a GPU, the device's."""
+    cuda = torch.cuda.get_rng_state() if batch.inputs.frame.images.is_cuda else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def _check_resume(run: Path, cfg: TrainConfig) -> None:
@@ -339,7 +410,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(model, hooks.modules, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg, steps_per_epoch)
+    )
 
     start_epoch = 1
     if cfg.resume and has_ckpt:
@@ -374,18 +447,21 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
             sums: dict[str, float] = {}
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)  # the epoch's photometric draws and history queues
-            if group is None:
-                loader, weights, sizes = make_loader(dataset, cfg, epoch, hooks.collate), None, None
-            else:
+            if group is not None:
                 # Each rank's own dropout stream, a function of (seed, epoch, rank) only: exact resume.
                 torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + group.rank)
-                loader, weights, sizes = make_rank_loader(dataset, cfg, epoch, hooks.collate, group)
-            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not main)
-            for i, batch in enumerate(bar):
+            loader, weights, sizes = epoch_loader(dataset, cfg, epoch, hooks.collate, group)
+            n = cfg.accumulate
+            steps = _grouped(iter(loader), n)
+            bar = tqdm(
+                steps, total=len(sizes), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not main
+            )
+            for i, micro in enumerate(bar):
                 t0 = time.perf_counter()
-                w = 1.0 if weights is None else weights[i]
-                result = train_step(model, batch.to(device), optimizer, scheduler, cfg, hooks, group, w)
-                samples = len(batch.sample_tokens) if sizes is None else sizes[i]
+                micro = [b.to(device) for b in micro]
+                w = weights[i * n : (i + 1) * n]
+                result = train_step(model, micro, optimizer, scheduler, cfg, hooks, group, w)
+                samples = sizes[i]
                 rate = samples / (time.perf_counter() - t0)
                 step = (epoch - 1) * steps_per_epoch + i + 1
                 for k, v in result.items():
@@ -421,6 +497,12 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
         if log is not None:
             log.close()
     return run
+
+
+def _grouped(batches: Iterator[Batch], n: int) -> Iterator[list[Batch]]:
+    """Consecutive groups of n micro-batches: one optimizer step each."""
+    while group := list(itertools.islice(batches, n)):
+        yield group
 
 
 def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig | None]:

@@ -25,7 +25,7 @@ from netroller.models.vad.detector import VAD
 from netroller.models.vad.losses import vad_losses
 from netroller.stages.batching import global_batches, global_loss, rank_share
 from netroller.stages.run_dir import read_metrics
-from netroller.stages.train import TrainConfig, build_dataset, make_loader, train
+from netroller.stages.train import TrainConfig, build_dataset, epoch_loader, train
 
 SAMPLES, BATCH = 4, 2
 
@@ -45,10 +45,20 @@ def runs(index_path, tmp_path_factory):
     return {"one": one, "code": main(args), "two": base / "two"}
 
 
-def test_global_batches_are_the_one_worker_loader_order(index_path, tmp_path):
+def test_global_batches_are_a_shuffling_loaders_order(index_path, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from netroller.stages.batching import epoch_generator
+
     cfg = config(index_path, tmp_path, max_samples=7, batch_size=3)
     ds = build_dataset(cfg, recipe(cfg.recipe))
-    tokens = [b.sample_tokens for b in make_loader(ds, cfg, 2, collate)]
+    loader = DataLoader(
+        ds, batch_size=3, shuffle=True, generator=epoch_generator(cfg.seed, 2), collate_fn=collate
+    )
+    assert [b.sample_tokens for b in loader] == [
+        b.sample_tokens for b in epoch_loader(ds, cfg, 2, collate)[0]
+    ]
+    tokens = [b.sample_tokens for b in epoch_loader(ds, cfg, 2, collate)[0]]
     expected = [[ds.records[i].sample_token for i in b] for b in global_batches(len(ds), 3, cfg.seed, 2)]
     assert tokens == expected
 
@@ -86,7 +96,7 @@ def test_worker_shares_add_up_to_the_whole_batch_loss(index_path, tmp_path):
 
 
 def test_batch_not_divisible_by_workers_is_refused(index_path, tmp_path):
-    with pytest.raises(ConfigError, match="batch_size 3 does not divide among workers=2"):
+    with pytest.raises(ConfigError, match="batch_size 3 does not divide into workers=2 x accumulate=1"):
         config(index_path, tmp_path, batch_size=3, workers=2)
 
 
@@ -95,7 +105,7 @@ def test_cli_refuses_a_bad_worker_count(index_path, tmp_path, capsys):
     assert main(args + ["--num-workers", "0"]) == 2
     assert "TrainConfig.workers must be >= 1, got 0" in capsys.readouterr().err
     assert main(args + ["--num-workers", "3", "--batch-size", "4"]) == 2
-    assert "batch_size 4 does not divide among workers=3" in capsys.readouterr().err
+    assert "batch_size 4 does not divide into workers=3 x accumulate=1" in capsys.readouterr().err
 
 
 def test_cli_two_workers_write_one_run_dir(runs):

@@ -292,3 +292,45 @@ def test_a_teacher_forced_run_is_evaluated_on_generated_latents_and_the_report_n
     resume = dataclasses.replace(cfg, resume=True)
     with pytest.raises(CacheKeyMismatchError, match="latents: the run was trained with 'teacher-forced'"):
         finetune(resume, NetRollerConfig(cache=generated, init=baseline))
+
+
+def test_the_authors_recipes_set_their_configs_values(index_path, tmp_path):
+    from netroller.models.adapter import AdapterMode, ShiftPlace
+    from netroller.stages.finetune import AUTHORS_RECIPES, authors_recipe
+
+    kw = dict(cache=tmp_path / "cache", init=None)
+    c1 = authors_recipe("c1", index_path, tmp_path / "r", workers=8, **kw)
+    t, nr = c1.train, c1.netroller
+    assert (t.batch_size, t.accumulate, t.workers) == (64, 8, 8)  # 1 a GPU x 8 GPUs x 8 steps
+    assert (t.lr, t.betas, t.weight_decay, t.grad_clip, t.epochs) == (3.125e-5, (0.9, 0.95), 0.02, 5.0, 5)
+    assert (t.schedule, t.warmup_ratio, t.min_lr_ratio) == ("epoch", 1e-3, 1e-6)
+    assert (nr.mode, nr.shift, nr.latent_lag, nr.lag_policy, nr.init_std) == (
+        AdapterMode.BIAS, ShiftPlace.QUERY, 3, "annotated", 1.0,
+    )  # fmt: skip
+    assert c1.tokens == 192 and nr.layers_used == "all" and nr.layer_embedding and not nr.freeze_sm
+    assert authors_recipe("c1", index_path, tmp_path / "r", **kw).train.accumulate == 64  # one worker
+    assert authors_recipe("c2", index_path, tmp_path / "r", **kw).netroller.layers_used == "-1"
+    c3 = authors_recipe("c3", index_path, tmp_path / "r", **kw)
+    assert (c3.netroller.mode, c3.tokens) == (AdapterMode.TF, 1)
+    assert authors_recipe("c4", index_path, tmp_path / "r", **kw).netroller.shift == ShiftPlace.FEATURE
+    frozen = authors_recipe("frozen-bias", index_path, tmp_path / "r", **kw).netroller
+    assert frozen.freeze_sm and not frozen.layer_embedding and frozen.shift == ShiftPlace.QUERY
+    assert authors_recipe("frozen-bias-le", index_path, tmp_path / "r", **kw).netroller.layer_embedding
+    assert authors_recipe("frozen-tf", index_path, tmp_path / "r", **kw).netroller.mode == AdapterMode.TF
+    assert all(f.__doc__ and "rollnet_base" in f.__doc__ for f in AUTHORS_RECIPES.values())
+    with pytest.raises(ConfigError, match="unknown fine-tune recipe 'c9': one of c1, c2"):
+        authors_recipe("c9", index_path, tmp_path / "r", **kw)
+    with pytest.raises(ConfigError, match="batch of 64 does not divide among 3 workers"):
+        authors_recipe("c1", index_path, tmp_path / "r", workers=3, **kw)
+
+
+def test_the_adapter_starts_from_the_authors_initialisation():
+    import torch
+
+    from netroller.models.adapter import AdapterConfig, NetRoller
+
+    torch.manual_seed(0)
+    theirs = NetRoller(AdapterConfig(gm_hidden=256, gm_layers=4, init_std=1.0)).adapter
+    ours = NetRoller(AdapterConfig(gm_hidden=256, gm_layers=4)).adapter
+    assert 0.9 < float(theirs.queries.std()) < 1.1 and 0.9 < float(theirs.layer_embed.std()) < 1.1
+    assert float(ours.nonsense.std()) < 0.05

@@ -101,3 +101,46 @@ def test_a_run_trained_on_several_questions_per_sample_evaluates(all_questions_c
     assert (
         out == run / "eval" and json.loads((out / "metrics.json").read_text())["samples_without_latents"] == 0
     )
+
+
+def _scene_index(tmp_path):
+    from netroller.data.index import IndexMeta, bare_record, read_index, write_index
+
+    records = [
+        bare_record(sample_token=f"{scene}-{f}", scene_token=scene, frame_index=f, split="train")
+        for scene in ("a", "b")
+        for f in range(6)
+    ]
+    path = write_index(records, tmp_path / "index.parquet", IndexMeta(dataroot=str(tmp_path), version="t"))
+    return read_index(path)
+
+
+def test_the_annotated_lag_takes_the_latest_annotated_frame_at_least_lag_earlier(tmp_path):
+    from netroller.data.latents import latent_sources
+
+    index = _scene_index(tmp_path)
+    annotated = {"a-0", "a-2", "b-1", "b-5"}.__contains__
+    got = latent_sources(index, index.records, lag=3, policy="annotated", annotated=annotated)
+    assert got == [
+        None, None, None, "a-0", "a-0", "a-2",  # a-3 and a-4: a-0 (a-1 is not annotated); a-5: a-2
+        None, None, None, None, "b-1", "b-1",  # never across the scene start: b-0..b-3 have none
+    ]  # fmt: skip
+    exact = latent_sources(index, index.records, lag=3)
+    assert exact[3:6] == ["a-0", "a-1", "a-2"] and exact[6:9] == [None, None, None]
+
+
+def test_an_unknown_lag_policy_is_refused(tmp_path):
+    from netroller.data.latents import latent_sources
+
+    index = _scene_index(tmp_path)
+    with pytest.raises(ConfigError, match="lag policy must be one of exact, annotated, got 'latest'"):
+        latent_sources(index, index.records, lag=3, policy="latest", annotated=lambda t: True)
+
+
+def test_a_template_question_is_not_an_annotation(all_questions_cache, tiny_cache, index_path):
+    from netroller.data.index import read_index
+    from netroller.stages.latents import open_cache
+
+    token = read_index(index_path).records[0].sample_token
+    assert open_cache(all_questions_cache, layers="all", skip_damaged=False).source.annotated(token)
+    assert not open_cache(tiny_cache, layers="all", skip_damaged=False).source.annotated(token)

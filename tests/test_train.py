@@ -144,3 +144,66 @@ def test_losses_decrease_on_the_synthetic_set(index_path, tmp_path):
     run = train(config(index_path, tmp_path / "synth", epochs=4, max_samples=4, lr=1e-3, warmup_steps=2))
     epochs = [r["total"] for r in read_metrics(run, "epoch")]
     assert len(epochs) == 4 and epochs[-1] < epochs[0]
+
+
+def _step_gradients(vad_index, tmp_path, accumulate: int) -> dict[str, torch.Tensor]:
+    """The gradients of one train_step on the first 4 samples as `accumulate` micro-batches (dropout off)."""
+    from netroller.models.vad.config import debug
+    from netroller.models.vad.detector import VAD
+    from netroller.stages.train import build_dataset, epoch_loader, train_step
+
+    cfg = config(vad_index, tmp_path / f"acc{accumulate}", batch_size=4, accumulate=accumulate, max_samples=4)
+    torch.manual_seed(0)
+    model = VAD(debug()).eval()  # eval: no dropout, so one pass over the batch and micro-batches compare
+    loader, weights, _ = epoch_loader(build_dataset(cfg, debug()), cfg, 1, collate)
+    micro = list(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    train_step(model, micro, opt, sched, cfg, TrainHooks(), weights=weights)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulated_micro_batches_give_the_gradients_of_one_large_batch(vad_index, tmp_path):
+    whole = _step_gradients(vad_index, tmp_path, 1)
+    for n in (2, 4):
+        parts = _step_gradients(vad_index, tmp_path, n)
+        assert parts.keys() == whole.keys()
+        scale = max(g.abs().max() for g in whole.values())
+        worst = max((parts[k] - whole[k]).abs().max() for k in whole)
+        assert worst <= 1e-5 * scale, (n, float(worst), float(scale))
+
+
+def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    from netroller.stages.train import lr_factor
+
+    return lr_factor(step, cfg.epochs * steps_per_epoch, cfg, steps_per_epoch)
+
+
+def test_the_epoch_schedule_is_mmcvs_cosine_annealing_with_warmup_by_epoch(vad_index, tmp_path):
+    """The authors' c1: warm-up over epoch 1 from 1e-3 x lr, counted in micro-batches (8 per step), then
+    one cosine value per epoch down to 1e-6 x lr at the end of 5 epochs (mmcv's formula, written out)."""
+    import math
+
+    cfg = config(
+        vad_index, tmp_path, epochs=5, schedule="epoch", warmup_ratio=1e-3, min_lr_ratio=1e-6,
+        warmup_steps=10, accumulate=8, batch_size=8,
+    )  # fmt: skip
+    spe = 10
+
+    def regular(e: int) -> float:
+        return 1e-6 + (1 - 1e-6) * 0.5 * (1 + math.cos(math.pi * e / 5))
+
+    # step 0: micro-batches 0..7 ran with the lr set before micro-batch 7 (of 80 in the warm-up)
+    assert _lr(cfg, 0, spe) == pytest.approx(1 - (1 - 7 / 80) * (1 - 1e-3))
+    assert _lr(cfg, 4, spe) == pytest.approx(1 - (1 - 39 / 80) * (1 - 1e-3))
+    assert _lr(cfg, 9, spe) == pytest.approx(1 - (1 - 79 / 80) * (1 - 1e-3))
+    assert _lr(cfg, 10, spe) == pytest.approx(regular(1))  # epoch 2: cosine at 1 / 5
+    assert _lr(cfg, 19, spe) == pytest.approx(regular(1))  # constant within the epoch
+    assert _lr(cfg, 49, spe) == pytest.approx(regular(4))
+    step = config(vad_index, tmp_path, epochs=5, warmup_steps=10)
+    assert _lr(step, 10, spe) != _lr(step, 19, spe)  # the step schedule moves every step
+
+
+def test_accumulation_that_does_not_divide_the_batch_is_refused(vad_index, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size 6 does not divide into workers=1 x accumulate=4"):
+        config(vad_index, tmp_path, batch_size=6, accumulate=4)
