@@ -116,7 +116,7 @@ def test_same_seed_builds_identical_files(tiny_llama_adapter, tmp_path):
         assert (again / name).read_bytes() == (tiny_llama_adapter / name).read_bytes(), name
 
 
-def test_inspect_reads_the_backend_from_the_folder_without_loading(tiny_llama_adapter):
+def test_inspect_reads_the_backend_and_the_sizes_from_the_folder(tiny_llama_adapter):
     info = inspect_gm(str(tiny_llama_adapter))
     assert (info.backend, info.num_layers, info.hidden_size) == ("llama-adapter", 4, 64)
     assert info.is_random_stand_in and info.channel_order == "bgr"
