@@ -491,10 +491,8 @@ def test_harvest_writes_the_backend_into_the_key_and_rows_equal_capture(
     batch = reader.read([r.sample_token for r in records])
     capturer = _capturer(gm, tokens=3)
     for i, rec in enumerate(records):
-        cap = capturer.capture(
-            load_camera_images(rec, index.dataroot()), PromptSource.template().prompt_for("")
-        )
-        np.testing.assert_array_equal(batch.hidden[i], cap.hidden)
+        cap = capturer.capture(load_camera_images(rec, index.dataroot()), PromptSource.template().default)
+        np.testing.assert_allclose(batch.hidden[i], cap.hidden, rtol=1e-5, atol=1e-5)  # batched there
         assert batch.length[i] == cap.length
 
 
@@ -514,27 +512,10 @@ def test_keys_without_a_backend_read_as_hf():
     assert key.backend == "hf"
     other = LatentKey(**{**key.to_dict(), "backend": "llama-adapter"})
     assert key.mismatch(other) == ("backend", "hf", "llama-adapter")
-    fields = {
-        f: getattr(key, f)
-        for f in (
-            "model",
-            "model_hash",
-            "processor_hash",
-            "prompt_hash",
-            "tokens",
-            "hidden_size",
-            "dtype",
-            "layers",
-            "compute_dtype",
-            "attn_implementation",
-            "latents",
-            "decode",
-        )
-    }
+    written_before = {k: v for k, v in key.to_dict().items() if k != "backend"}  # a cache.json without it
     cache = CacheKey.from_dict(
         {
-            **fields,
-            "layers": [0],
+            **written_before,
             "num_model_layers": 1,
             "dataset_version": "v1.0-mini",
             "splits": ["val"],
