@@ -5,6 +5,7 @@ Examples:
     netroller gm tiny --out work/gm/tiny-s1 --seed 1
     netroller gm tiny --out work/gm/tiny-chat --chat-template   # the LLaVA with a chat template
     netroller gm tiny --arch qwen2-vl --out work/gm/tiny-qwen   # random-weight Qwen2-VL stand-in
+    netroller gm tiny --format llama-adapter --out work/gm/tiny-la   # LLaMA-Adapter V2's released files
     netroller gm info --model work/gm/tiny          # layers, width, hashes, stand-in or not
 """
 
@@ -27,7 +28,17 @@ gm_app = typer.Typer(
 
 @gm_app.command("tiny")
 def tiny(
-    out: Path = typer.Option(..., "--out", help="Folder to write the model into (save_pretrained layout)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Folder to write the model into (save_pretrained layout, or LLaMA-Adapter's files).",
+    ),
+    fmt: str = typer.Option(
+        "hf",
+        "--format",
+        help="hf (a save_pretrained folder of --arch) or llama-adapter (params.json, consolidated.00.pth, "
+        "tokenizer.model, llama_adapter.pth, clip.pt: LLaMA-Adapter V2's released formats).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights; same seed, same weights."),
     arch: str = typer.Option(
         "llava",
@@ -43,8 +54,16 @@ def tiny(
     Skips the work if OUT already holds the same build. Example: netroller gm tiny --arch qwen2-vl --out DIR
     """
     from netroller.errors import ConfigError
-    from netroller.models.gm.tiny import TinyGMSpec, build_tiny_gm
+    from netroller.models.gm.tiny import HF_ARCHS, TinyGMSpec, build_tiny_gm, built_files
 
+    if fmt not in ("hf", "llama-adapter"):
+        raise ConfigError(f"--format must be hf or llama-adapter, got {fmt!r}")
+    if fmt == "llama-adapter":
+        if arch != "llava" or chat_template:
+            raise ConfigError("--arch and --chat-template apply to --format hf only")
+        arch = "llama-adapter"
+    elif arch not in HF_ARCHS:
+        raise ConfigError(f"tiny GM arch must be one of {', '.join(HF_ARCHS)}, got {arch!r}")
     if chat_template and arch != "llava":
         raise ConfigError(
             f"--chat-template applies to --arch llava only (--arch {arch} has its own template)"
@@ -52,16 +71,18 @@ def tiny(
     spec = TinyGMSpec(chat_template=True) if chat_template else None
     start = time.perf_counter()
     path = build_tiny_gm(out, arch=arch, seed=seed, spec=spec)  # type: ignore[arg-type]  # checked there
-    weights = path / "model.safetensors"
+    weights = sum((path / name).stat().st_size for name in built_files(arch))  # type: ignore[arg-type]
     typer.echo(
         f"tiny {arch} GM (random-weight stand-in, seed {seed}) at {path}: "
-        f"{weights.stat().st_size / 2**20:.1f} MiB of weights, {time.perf_counter() - start:.1f} s"
+        f"{weights / 2**20:.1f} MiB of files, {time.perf_counter() - start:.1f} s"
     )
 
 
 @gm_app.command("info")
 def info(
-    model: str = typer.Option(..., "--model", help="A save_pretrained folder or a hub id."),
+    model: str = typer.Option(
+        ..., "--model", help="A save_pretrained folder, a hub id, or a LLaMA-Adapter V2 folder."
+    ),
 ) -> None:
     """Load a GM and print what a harvest would record about it.
 
@@ -72,6 +93,7 @@ def info(
     gm = load_gm(model)
     params = sum(p.numel() for p in gm.model.parameters())
     typer.echo(f"model        {gm.name}{' (random-weight stand-in)' if gm.is_random_stand_in else ''}")
+    typer.echo(f"backend      {gm.info.backend}")
     typer.echo(f"class        {type(gm.model).__name__}, {params / 1e6:.2f} M parameters")
     typer.echo(f"text model   {gm.num_layers} layers, hidden {gm.hidden_size}")
     typer.echo(f"weights      sha256 {gm.info.model_hash}")

@@ -25,6 +25,10 @@ Examples:
   netroller harvest --index work/index.parquet --out work/cache-gen --drivelm work/nuscenes/drivelm_qa.json
   --tokens 192 --decode sample --temperature 0.1 --top-p 0.75 --prompt-format alpaca
 
+  # the paper's GM, LLaMA-Adapter V2 (DriveLM) from its released files (README: the folder's layout)
+  netroller harvest --index work/index.parquet --out work/cache-la --model llama-adapter:/ckpt/drivelm-la
+  --drivelm work/nuscenes/drivelm_qa.json --tokens 192 --latents teacher-forced --gpus-per-worker 1
+
 A re-run resumes: it re-hashes every committed shard and computes the shards without a valid commit record
 or whose bytes no longer match their checksum (--no-verify skips the re-hash and trusts committed shards). A cache built with other settings is refused, naming the differing
 field, unless --overwrite.
@@ -37,7 +41,9 @@ def _harvest(
     model: str | None = typer.Option(
         None,
         "--model",
-        help="GM: local save_pretrained folder or hub id (default: the embedded tiny random-weight GM).",
+        help="GM: local save_pretrained folder or hub id, or a LLaMA-Adapter V2 folder (params.json, "
+        "consolidated.00.pth, tokenizer.model, the adapter .pth, the CLIP .pt; or llama-adapter:DIR) "
+        "(default: the embedded tiny random-weight GM).",
     ),
     tokens: int = typer.Option(1, "--tokens", help="T: last prompt token + up to T-1 generated tokens."),
     layers: str = typer.Option("all", "--layers", help="Layers to capture: all | 0,15,31 | -1."),
@@ -66,6 +72,11 @@ def _harvest(
         "sdpa",
         "--attn-implementation",
         help="GM attention: sdpa | eager | flash_attention_2 (needs flash-attn).",
+    ),
+    channel_order: str | None = typer.Option(
+        None,
+        "--channel-order",
+        help="LLaMA-Adapter GMs: camera images in bgr (the authors' OpenCV order; the default) or rgb.",
     ),
     prompt_format: str = typer.Option(
         "auto",
@@ -127,6 +138,7 @@ def _harvest(
         gm_dtype=gm_dtype,  # type: ignore[arg-type]  # checked by the GM loader (ConfigError naming it)
         attn_implementation=attn_implementation,  # type: ignore[arg-type]
         prompt_format=prompt_format,  # type: ignore[arg-type]
+        channel_order=channel_order,
         latents=latents,  # type: ignore[arg-type]
         decode=decode,  # type: ignore[arg-type]
         temperature=temperature,

@@ -28,10 +28,10 @@ import netroller
 from netroller.data.index import CAMERAS, SPLITS, Index, SampleRecord, file_hash, read_index
 from netroller.errors import CacheError, ConfigError, DataError, MissingPathError
 from netroller.models.gm.capture import (
+    Capturer,
     CaptureSpec,
     DecodeMode,
     Decoding,
-    LatentCapturer,
     Query,
     resolve_layers,
 )
@@ -42,6 +42,7 @@ from netroller.models.gm.loader import (
     default_compute_dtype,
     inspect_gm,
     load_processor,
+    split_backend,
 )
 from netroller.models.gm.prompts import PromptFormat, PromptSource, QAItem, prompt_hash
 from netroller.models.gm.tiny import build_tiny_gm, default_tiny_gm_path
@@ -78,7 +79,8 @@ class HarvestConfig:
     out: Path
     """The cache folder (created; an existing cache with the same key is resumed)."""
     model: str | None = None
-    """GM checkpoint: a local `save_pretrained` folder or a hub id; None = the embedded tiny random GM."""
+    """GM checkpoint: a local `save_pretrained` folder or a hub id, a LLaMA-Adapter V2 folder (its released
+    files, "llama-adapter:DIR" to name the backend); None = the embedded tiny random GM."""
     tokens: int = 1
     """T: positions kept per sample (the last prompt token + up to T-1 generated tokens); >= 1."""
     layers: str = "all"
@@ -105,6 +107,9 @@ class HarvestConfig:
     """Precision the GM computes in; None = bfloat16 on CUDA, float32 on CPU."""
     attn_implementation: AttnImplementation = "sdpa"
     """The GM's attention kernel: "sdpa", "eager", or "flash_attention_2" (needs flash-attn)."""
+    channel_order: str | None = None
+    """LLaMA-Adapter GMs: the images' channel order, "bgr" (the authors', read with OpenCV; the default) or
+    "rgb"; recorded in the key through the prompt hash."""
     prompt_format: PromptFormat = "auto"
     """"chat": the processor's chat template (6 images interleaved with their camera names); "alpaca":
     the authors' LLaMA-Adapter format; "auto": chat when the processor has a template."""
@@ -243,7 +248,11 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
         )
     model_path = cfg.model if cfg.model is not None else str(build_tiny_gm(default_tiny_gm_path()))
     gm = inspect_gm(
-        model_path, dtype=cfg.compute_dtype, attn_implementation=cfg.attn_implementation, fingerprint=True
+        model_path,
+        dtype=cfg.compute_dtype,
+        attn_implementation=cfg.attn_implementation,
+        fingerprint=True,
+        channel_order=cfg.channel_order,
     )
     layers = resolve_layers(cfg.layers, gm.num_layers)
     capture = CaptureSpec(
@@ -257,6 +266,7 @@ def plan_harvest(cfg: HarvestConfig) -> HarvestPlan:
         latents=cfg.latents,
         decoding=cfg.decoding,
         prompt_format=cfg.prompt_format,
+        channel_order=gm.channel_order,
     )
     hashed = prompt_hash(prompts, load_processor(gm), fmt=cfg.prompt_format, cameras=CAMERAS)
     latent = LatentKey.of_gm(
@@ -331,7 +341,7 @@ def harvest_shard(
     writer_root: Path,
     shard: int,
     rows: Sequence[HarvestRow],
-    capturer: LatentCapturer,
+    capturer: Capturer,
     dataroot: Path,
     *,
     batch_size: int = 1,
@@ -438,7 +448,7 @@ def harvest(cfg: HarvestConfig) -> Path:
             f"harvest: {len(plan.records)} samples{asked}, {len(todo)}/{writer.num_shards} shards pending "
             f"({n_todo} {'samples' if cfg.questions == 'one' else 'rows'}), estimated cache size {_human_bytes(len(plan.rows) * writer.layout.sample_bytes())} "
             f"(L={len(plan.capture.layers)} x T={cfg.tokens} x H={plan.key.hidden_size} {cfg.dtype}); "
-            f"GM {plan.key.model}{stand_in} in {plan.gm.compute_dtype}, {cfg.latents} latents"
+            f"GM {plan.key.model}{stand_in} ({plan.gm.backend}) in {plan.gm.compute_dtype}, {cfg.latents} latents"
             + (f" ({plan.key.decode})" if cfg.latents == "generated" else "")
             + f", batch {cfg.samples_per_pass}; "
             f"{'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
@@ -478,9 +488,13 @@ def harvest(cfg: HarvestConfig) -> Path:
 
 
 def _absolute_if_local(model: str) -> str:
-    """A local model folder as an absolute path (actors resolve it from their own cwd); hub ids unchanged."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
+    """A local model folder as an absolute path (actors resolve it from their own cwd), a backend prefix
+    ("llama-adapter:") kept; hub ids unchanged."""
+    backend, target = split_backend(model)
+    path = Path(target).expanduser()
+    if not path.exists():
+        return model
+    return f"{backend}:{path.resolve()}" if backend else str(path.resolve())
 
 
 def _run_in_process(

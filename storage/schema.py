@@ -62,6 +62,7 @@ QuestionMode = Literal["one", "per-category", "all"]
 QUESTION_MODES: tuple[str, ...] = get_args(QuestionMode)
 
 LATENT_KEY_FIELDS = (
+    "backend",
     "model",
     "model_hash",
     "processor_hash",
@@ -78,6 +79,7 @@ LATENT_KEY_FIELDS = (
 )
 # What the code did before these fields were recorded (runs trained with such code carry keys without them).
 _LATENT_KEY_DEFAULTS = {
+    "backend": "hf",
     "compute_dtype": "float32",
     "attn_implementation": "sdpa",
     "latents": "generated",
@@ -123,6 +125,9 @@ class LatentKey:
     teacher-forced."""
     questions: QuestionMode
     """Which DriveLM questions each sample was asked, one row each: "one", "per-category" or "all"."""
+    backend: str = "hf"
+    """The code that ran the GM: "hf" (Hugging Face transformers) or "llama-adapter" (LLaMA-Adapter V2's
+    released files)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -153,6 +158,7 @@ class LatentKey:
         hashes, width, compute dtype and attention) makes from these prompts, positions, dtype and layers;
         what a harvest records and an online run compares."""
         return cls(
+            backend=gm.backend,
             model=gm.name,
             model_hash=gm.model_hash,
             processor_hash=gm.processor_hash,
@@ -260,6 +266,8 @@ class CacheKey:
     """How answers were generated (see `LatentKey.decode`)."""
     questions: QuestionMode
     """Which questions each sample was asked (see `LatentKey.questions`)."""
+    backend: str = "hf"
+    """The code that ran the GM (see `LatentKey.backend`); caches written before it was recorded are "hf"."""
     dataset_version: str
     """nuScenes version, e.g. "v1.0-mini"."""
     splits: tuple[str, ...]
@@ -285,6 +293,7 @@ class CacheKey:
             "compute_dtype",
             "attn_implementation",
             "decode",
+            "backend",
         ):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"CacheKey.{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -333,7 +342,7 @@ class CacheKey:
         missing = [
             f.name
             for f in fields(cls)
-            if f.name not in d and f.name not in ("dtype", "format_version", "model_stand_in")
+            if f.name not in d and f.name not in ("dtype", "format_version", "model_stand_in", "backend")
         ]
         if missing:
             raise CacheError(f"cache key is missing field {missing[0]!r}")
@@ -375,6 +384,7 @@ class CacheKey:
         if not set(used) <= set(self.layers):
             raise ConfigError(f"layers {list(used)} are not all among the cache's layers {list(self.layers)}")
         return LatentKey(
+            backend=self.backend,
             model=self.model,
             model_hash=self.model_hash,
             processor_hash=self.processor_hash,

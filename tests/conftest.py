@@ -1,5 +1,5 @@
-"""Shared fixtures, each built once per test run: the synthetic dataset, its index, the tiny GM,
-a tiny latent cache and one local Ray instance."""
+"""Shared fixtures, each built once per test run: the synthetic dataset, its index, the tiny GMs (Hugging
+Face and LLaMA-Adapter), a tiny latent cache and one local Ray instance."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def tiny_gm(tmp_path_factory) -> Path:
     from netroller.models.gm.tiny import build_tiny_gm
 
     return build_tiny_gm(tmp_path_factory.mktemp("gm") / "tiny-gm")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_adapter(tmp_path_factory) -> Path:
+    """The tiny random-weight LLaMA-Adapter V2 in its released file formats, built once per run."""
+    from netroller.models.gm.tiny import build_tiny_gm
+
+    return build_tiny_gm(tmp_path_factory.mktemp("gm") / "tiny-llama-adapter", arch="llama-adapter")
 
 
 @pytest.fixture(scope="session")

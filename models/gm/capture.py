@@ -16,6 +16,10 @@ token t of the answer. EOS itself is not kept (it is never read back in), so a s
 Forward hooks on the chosen layers copy only the positions kept (the last one of each generation step, or
 the gathered prompt-end and answer positions of a teacher-forced pass): all layers times all positions are
 never held. Generated `T = 1` is a single prefill forward without `generate`.
+
+`LatentCapturer` runs Hugging Face GMs; LLaMA-Adapter GMs have `llama_adapter.capture.AdapterCapturer`, with
+the same interface (`Capturer`) and semantics, and the checks, EOS cut and sampler of this module.
+`CaptureSpec.capturer()` builds the one the GM's backend needs.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -118,7 +122,7 @@ def top_p_draw(probs: torch.Tensor, top_p: float, generator: torch.Generator) ->
     return int(order[pick])
 
 
-class _SeededSampler:
+class SeededSampler:
     """A logits processor that samples each row with its own generator and leaves only that token
     (greedy decoding then takes it): per-sample reproducible, whatever the batch."""
 
@@ -161,6 +165,77 @@ class CapturedLatents:
     """[T-1] int64 answer token ids (generated or read), -1 after the kept ones."""
 
 
+class Capturer(Protocol):
+    """What a harvest and an online run use of a capturer, whatever the GM's backend: `LatentCapturer`
+    (Hugging Face) or `netroller.models.gm.llama_adapter.capture.AdapterCapturer`."""
+
+    gm: LoadedGM
+    layers: tuple[int, ...]
+    tokens: int
+    latents: LatentKind
+
+    @property
+    def decode(self) -> str: ...
+
+    def capture(
+        self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
+    ) -> CapturedLatents: ...
+
+    def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]: ...
+
+
+def check_capture_settings(tokens: object, latents: object) -> int:
+    """T as an int; ConfigError for T < 1 or an unknown kind of latents."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int | np.integer) or tokens < 1:
+        raise ConfigError(f"tokens must be an integer >= 1, got {tokens!r}")
+    if latents not in LATENT_KINDS:
+        raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {latents!r}")
+    return int(tokens)
+
+
+def describe_decode(latents: LatentKind, decoding: Decoding) -> str:
+    """What the cache key records as the decoding: "none" for teacher-forced latents."""
+    return "none" if latents == "teacher-forced" else decoding.describe()
+
+
+def check_queries(queries: Sequence[Query], cameras: Sequence[str], latents: LatentKind) -> None:
+    """ConfigError for a sample with no or too many images, an empty question, or no answer to teacher-force."""
+    for q in queries:
+        if not 0 < len(q.images) <= len(cameras):
+            raise ConfigError(f"each sample needs 1 to {len(cameras)} camera images, got {len(q.images)}")
+        if not q.question.strip():
+            raise ConfigError("the question of a sample is empty")
+        if latents == "teacher-forced" and q.answer is None:
+            raise ConfigError(
+                f"teacher-forced latents need each sample's answer; sample {q.key or '?'} has none "
+                "(give a DriveLM file whose QA items have answers)"
+            )
+
+
+def cut_generated(steps: np.ndarray, generated: list[int], *, tokens: int, eos: set[int]) -> CapturedLatents:
+    """One sample's [L, S, H] generation steps cut at its first EOS (among the first T-1 tokens) and padded
+    to [L, T, H]; S may be < T when every sample of its batch stopped early."""
+    gen = generated[: tokens - 1]
+    kept = next((i for i, tok in enumerate(gen) if tok in eos), len(gen))
+    length = min(1 + kept, steps.shape[1])
+    hidden = np.zeros((steps.shape[0], tokens, steps.shape[2]), dtype=np.float32)
+    hidden[:, :length] = steps[:, :length]
+    token_ids = np.full(tokens - 1, -1, dtype=np.int64)
+    token_ids[: length - 1] = gen[: length - 1]
+    return CapturedLatents(hidden=hidden, length=length, token_ids=token_ids)
+
+
+def forced_latents(kept: np.ndarray, answer: list[int], *, tokens: int) -> CapturedLatents:
+    """A teacher-forced sample: `kept` [L, >= 1 + len(answer), H] at the last prompt token and its answer
+    tokens (at most T-1), padded to [L, T, H]."""
+    length = 1 + len(answer)
+    hidden = np.zeros((kept.shape[0], tokens, kept.shape[2]), dtype=np.float32)
+    hidden[:, :length] = kept[:, :length]
+    token_ids = np.full(tokens - 1, -1, dtype=np.int64)
+    token_ids[: len(answer)] = answer
+    return CapturedLatents(hidden=hidden, length=length, token_ids=token_ids)
+
+
 @dataclass
 class _Capture:
     """Where the hooks put what they copy: per layer, one [B, H] tensor per generation step, or one
@@ -196,14 +271,10 @@ class LatentCapturer:
         `stop_at_eos=False` suppresses EOS, so `T - 1` tokens are always generated (benchmarks use it to time
         full-length decoding).
         """
-        if isinstance(tokens, bool) or not isinstance(tokens, int | np.integer) or tokens < 1:
-            raise ConfigError(f"tokens must be an integer >= 1, got {tokens!r}")
-        if latents not in LATENT_KINDS:
-            raise ConfigError(f"latents must be one of {', '.join(LATENT_KINDS)}, got {latents!r}")
+        self.tokens = check_capture_settings(tokens, latents)
         self.gm = gm
         self.cameras = tuple(cameras)
         self.layers = resolve_layers(layers, gm.num_layers)
-        self.tokens = int(tokens)
         self.latents = latents
         self.decoding = decoding
         self.prompt_format = resolve_format(gm.processor, prompt_format)
@@ -220,7 +291,7 @@ class LatentCapturer:
     @property
     def decode(self) -> str:
         """What the cache key records as the decoding: "none" for teacher-forced latents."""
-        return "none" if self.latents == "teacher-forced" else self.decoding.describe()
+        return describe_decode(self.latents, self.decoding)
 
     def capture(
         self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
@@ -235,18 +306,7 @@ class LatentCapturer:
         return self._run(list(queries)) if queries else []
 
     def _run(self, queries: list[Query]) -> list[CapturedLatents]:
-        for q in queries:
-            if not 0 < len(q.images) <= len(self.cameras):
-                raise ConfigError(
-                    f"each sample needs 1 to {len(self.cameras)} camera images, got {len(q.images)}"
-                )
-            if not q.question.strip():
-                raise ConfigError("the question of a sample is empty")
-            if self.latents == "teacher-forced" and q.answer is None:
-                raise ConfigError(
-                    f"teacher-forced latents need each sample's answer; sample {q.key or '?'} has none "
-                    "(give a DriveLM file whose QA items have answers)"
-                )
+        check_queries(queries, self.cameras, self.latents)
         inputs = self._prompt_inputs(queries)
         if self.latents == "teacher-forced":
             return self._teacher_forced(queries, inputs)
@@ -281,7 +341,7 @@ class LatentCapturer:
                     from transformers import LogitsProcessorList
 
                     seeds = [sample_seed(q.key, self.decoding.seed) for q in queries]
-                    extra["logits_processor"] = LogitsProcessorList([_SeededSampler(seeds, self.decoding)])
+                    extra["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, self.decoding)])
                 out = self.gm.model.generate(
                     **self._to_model(inputs), generation_config=self._generation_config(), **extra
                 )
@@ -326,21 +386,13 @@ class LatentCapturer:
         # [L, B, T, H] -> [B, L, T, H]
         stacked = torch.stack([capture.steps[layer][0] for layer in self.layers]).permute(1, 0, 2, 3)
         stacked = stacked.cpu().numpy()
-        results = []
-        for b, ans in enumerate(answers):
-            length = 1 + len(ans)
-            hidden = np.zeros((len(self.layers), self.tokens, stacked.shape[3]), dtype=np.float32)
-            hidden[:, :length] = stacked[b, :, :length]
-            token_ids = np.full(self.tokens - 1, -1, dtype=np.int64)
-            token_ids[: len(ans)] = ans
-            results.append(CapturedLatents(hidden=hidden, length=length, token_ids=token_ids))
-        return results
+        return [forced_latents(stacked[b], ans, tokens=self.tokens) for b, ans in enumerate(answers)]
 
     def _generation_config(self):
         gen = copy.deepcopy(self.gm.model.generation_config)
         # One extra step past T-1: the forward pass reading token T-1 is what yields position T-1.
         gen.max_new_tokens, gen.max_length, gen.min_new_tokens = self.tokens, None, None
-        # Sampling, when asked, is done by `_SeededSampler` (per-sample generators); generate() stays greedy.
+        # Sampling, when asked, is done by `SeededSampler` (per-sample generators); generate() stays greedy.
         gen.do_sample, gen.num_beams, gen.temperature, gen.top_p, gen.top_k = False, 1, None, None, None
         eos = self._eos_ids()
         gen.eos_token_id = eos
@@ -358,16 +410,8 @@ class LatentCapturer:
         return [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
 
     def _cut(self, steps: np.ndarray, generated: list[int]) -> CapturedLatents:
-        """Cut one sample's [L, S, H] steps at its first EOS and pad to [L, T, H]."""
-        gen = generated[: self.tokens - 1]
         eos = set(self._eos_ids()) if self.stop_at_eos else set()
-        kept = next((i for i, tok in enumerate(gen) if tok in eos), len(gen))
-        length = min(1 + kept, steps.shape[1])
-        hidden = np.zeros((len(self.layers), self.tokens, steps.shape[2]), dtype=np.float32)
-        hidden[:, :length] = steps[:, :length]
-        token_ids = np.full(self.tokens - 1, -1, dtype=np.int64)
-        token_ids[: length - 1] = gen[: length - 1]
-        return CapturedLatents(hidden=hidden, length=length, token_ids=token_ids)
+        return cut_generated(steps, generated, tokens=self.tokens, eos=eos)
 
     @contextmanager
     def _hooks(self, capture: _Capture):
@@ -409,17 +453,25 @@ class CaptureSpec:
     latents: LatentKind
     decoding: Decoding
     prompt_format: PromptFormat
+    channel_order: str | None = None
+    """LLaMA-Adapter only: "bgr" | "rgb" (None = its default, the authors' BGR)."""
 
-    def capturer(self, *, fingerprint: bool = False) -> LatentCapturer:
-        """Load the GM (its files are not re-hashed unless `fingerprint`) and build its capturer."""
+    def capturer(self, *, fingerprint: bool = False) -> Capturer:
+        """Load the GM (its files are not re-hashed unless `fingerprint`) and build its backend's capturer."""
         gm = load_gm(
             self.model,
             device=self.device,
             dtype=self.compute_dtype,
             attn_implementation=self.attn_implementation,
             fingerprint=fingerprint,
+            channel_order=self.channel_order,
         )
-        return LatentCapturer(
+        capturer_class: type = LatentCapturer
+        if gm.info.backend == "llama-adapter":
+            from netroller.models.gm.llama_adapter.capture import AdapterCapturer
+
+            capturer_class = AdapterCapturer
+        return capturer_class(
             gm,
             layers=self.layers,
             tokens=self.tokens,

@@ -1,6 +1,10 @@
-"""Load a general model (any Hugging Face image-text-to-text VLM) and fingerprint it for the cache key.
-
-A local folder or a hub id (hub only where the machine can reach it, or the id is in the local hub cache).
+"""Load a general model and fingerprint it for the cache key. Two backends (`GMBackend`):
+- "hf": any Hugging Face image-text-to-text VLM, a local folder or a hub id (hub only where the machine can
+  reach it, or the id is in the local hub cache);
+- "llama-adapter": LLaMA-Adapter V2 multimodal (the paper's GM) in its released files, a local folder laid out
+  as `netroller.models.gm.llama_adapter.files` describes.
+The backend is read from the folder (config.json: "hf"; params.json: "llama-adapter") or named in front of
+it ("llama-adapter:DIR", "hf:ID").
 The weights' hash and the processor's hash go into the cache key, so a cache built with other weights or
 another tokenizer is never mistaken for this one. `inspect_gm` reads all the key needs from the config and
 the files, so a harvest's driver never loads the weights (28 GB for a 7B model in float32); only the processes
@@ -19,6 +23,8 @@ from netroller.errors import ConfigError, ModelError
 from netroller.models.gm.tiny import STAND_IN_FILE
 
 GMDtype = Literal["float32", "float16", "bfloat16"]
+GMBackend = Literal["hf", "llama-adapter"]
+GM_BACKENDS: tuple[str, ...] = get_args(GMBackend)
 
 # Files that define how text and images become model inputs; their bytes make the processor hash.
 _PROCESSOR_FILES = (
@@ -68,6 +74,11 @@ class GMInfo:
     """The precision it computes in."""
     attn_implementation: AttnImplementation
     """Its attention kernel."""
+    backend: GMBackend = "hf"
+    """Which code runs it: "hf" (transformers) or "llama-adapter" (`netroller.models.gm.llama_adapter`)."""
+    channel_order: str | None = None
+    """"bgr" or "rgb": the channel order images are fed in (LLaMA-Adapter; None for Hugging Face processors,
+    which take RGB)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +86,10 @@ class LoadedGM:
     """A loaded GM, in eval mode with gradients off, and its `GMInfo`."""
 
     model: Any
-    """The `AutoModelForImageTextToText` model."""
+    """The `AutoModelForImageTextToText` model, or a `LlamaAdapterV2`."""
     processor: Any
-    """Its `AutoProcessor`; the tokenizer pads on the left (decoder-only generation)."""
+    """Its `AutoProcessor` (the tokenizer pads on the left, for decoder-only generation), or an
+    `AdapterProcessor`."""
     info: GMInfo
 
     @property
@@ -103,12 +115,11 @@ def inspect_gm(
     dtype: GMDtype = "float32",
     attn_implementation: AttnImplementation = "sdpa",
     fingerprint: bool = True,
+    channel_order: str | None = None,
 ) -> GMInfo:
     """The GM's `GMInfo` from its config and files (the weights are hashed, never loaded); ModelError if
-    missing or not an image-text-to-text model, ConfigError for an unknown dtype or attention kernel."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
-
+    missing or not an image-text-to-text model, ConfigError for an unknown dtype or attention kernel.
+    `channel_order` ("bgr" | "rgb", LLaMA-Adapter only; None = its default, the authors' BGR)."""
     if dtype not in get_args(GMDtype):
         raise ConfigError(f"GM dtype must be one of {', '.join(get_args(GMDtype))}, got {dtype!r}")
     if attn_implementation not in get_args(AttnImplementation):
@@ -116,12 +127,52 @@ def inspect_gm(
             f"attention implementation must be one of {', '.join(get_args(AttnImplementation))}, "
             f"got {attn_implementation!r}"
         )
+    backend, target = split_backend(model)
+    folder, name = _resolve(target, hub=backend != "llama-adapter")
+    if backend is None:
+        backend = "llama-adapter" if _looks_like_llama_adapter(folder) else "hf"
+    if backend == "llama-adapter":
+        from netroller.models.gm.llama_adapter.loading import inspect_llama_adapter
+
+        return inspect_llama_adapter(
+            folder,
+            name=name,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            channel_order=channel_order,
+            fingerprint=fingerprint,
+        )
+    if channel_order is not None:
+        raise ConfigError(
+            "the channel order applies to LLaMA-Adapter models only; Hugging Face processors take RGB images"
+        )
+    return _inspect_hf(folder, name, dtype, attn_implementation, fingerprint)
+
+
+def split_backend(model: str | Path) -> tuple[GMBackend | None, str | Path]:
+    """("llama-adapter", "DIR") for "llama-adapter:DIR", ("hf", "ID") for "hf:ID", (None, model) otherwise."""
+    if isinstance(model, str):
+        for backend in GM_BACKENDS:
+            if model.startswith(f"{backend}:"):
+                return backend, model[len(backend) + 1 :]  # type: ignore[return-value]  # one of GM_BACKENDS
+    return None, model
+
+
+def _looks_like_llama_adapter(folder: Path) -> bool:
+    return not (folder / "config.json").is_file() and (folder / "params.json").is_file()
+
+
+def _inspect_hf(
+    folder: Path, name: str, dtype: GMDtype, attn_implementation: AttnImplementation, fingerprint: bool
+) -> GMInfo:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
     if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ConfigError(
             "attention implementation 'flash_attention_2' needs the flash-attn package (pip install flash-attn); "
             "use 'sdpa' without it"
         )
-    folder, name = _resolve(model)
     if not (folder / "config.json").is_file():
         raise ModelError(f"model folder {folder} has no config.json: not a Hugging Face checkpoint")
     try:
@@ -148,7 +199,12 @@ def inspect_gm(
 
 
 def load_processor(info: GMInfo) -> Any:
-    """The GM's `AutoProcessor` (tokenizer padding on the left); ModelError if its files cannot be read."""
+    """The GM's `AutoProcessor` (tokenizer padding on the left), or a LLaMA-Adapter's `AdapterProcessor`;
+    ModelError if its files cannot be read."""
+    if info.backend == "llama-adapter":
+        from netroller.models.gm.llama_adapter.loading import adapter_processor
+
+        return adapter_processor(info.folder, info.channel_order)  # type: ignore[arg-type]  # set by inspect
     from transformers import AutoProcessor
 
     try:
@@ -168,22 +224,35 @@ def load_gm(
     dtype: GMDtype | None = None,
     attn_implementation: AttnImplementation = "sdpa",
     fingerprint: bool = True,
+    channel_order: str | None = None,
 ) -> LoadedGM:
-    """Load `model` (folder or hub id) onto `device`, computing in `dtype` (default: bfloat16 on CUDA,
-    float32 on CPU) with `attn_implementation`; ModelError if missing or not a VLM.
+    """Load `model` (folder or hub id, or "llama-adapter:DIR") onto `device`, computing in `dtype` (default:
+    bfloat16 on CUDA, float32 on CPU) with `attn_implementation`; ModelError if missing or not a VLM.
 
     `fingerprint=False` skips hashing the files (reading every weight byte again: ~14 GB for a 7B model),
     for processes that only compute, such as harvest actors whose cache key the driver already built.
     """
     import torch
-    from transformers import AutoModelForImageTextToText
 
     info = inspect_gm(
         model,
         dtype=dtype or default_compute_dtype(device),
         attn_implementation=attn_implementation,
         fingerprint=fingerprint,
+        channel_order=channel_order,
     )
+    if info.backend == "llama-adapter":
+        from netroller.models.gm.llama_adapter.loading import load_llama_adapter
+
+        model = load_llama_adapter(
+            info.folder,
+            dtype=getattr(torch, info.compute_dtype),
+            device=device,
+            kernel=info.attn_implementation,  # type: ignore[arg-type]  # checked by inspect
+        )
+        return LoadedGM(model=model, processor=load_processor(info), info=info)
+    from transformers import AutoModelForImageTextToText
+
     try:
         loaded = AutoModelForImageTextToText.from_pretrained(
             info.folder,
@@ -203,7 +272,7 @@ def weights_hash(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         raise ModelError(f"model folder {folder} has no *.safetensors or *.bin weight files")
-    return _hash_files(files)
+    return hash_files(files)
 
 
 def processor_hash(folder: Path) -> str:
@@ -211,10 +280,11 @@ def processor_hash(folder: Path) -> str:
     files = [folder / n for n in _PROCESSOR_FILES if (folder / n).is_file()]
     if not files:
         raise ModelError(f"model folder {folder} has no tokenizer or processor files")
-    return _hash_files(files)
+    return hash_files(files)
 
 
-def _hash_files(files: list[Path]) -> str:
+def hash_files(files: list[Path]) -> str:
+    """sha256 over the files' names and bytes, in order."""
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0")
@@ -224,13 +294,15 @@ def _hash_files(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _resolve(model: str | Path) -> tuple[Path, str]:
-    """A local folder for `model` and the name to report: the folder itself, or a hub snapshot."""
+def _resolve(model: str | Path, *, hub: bool = True) -> tuple[Path, str]:
+    """A local folder for `model` and the name to report: the folder itself, or a hub snapshot (`hub`)."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"model path {path} is a file; expected a save_pretrained folder")
+            raise ModelError(f"model path {path} is a file; expected a model folder")
         return path.resolve(), path.resolve().name
+    if not hub:
+        raise ModelError(f"model path {path} does not exist")
     text = str(model)
     looks_like_hub_id = (
         isinstance(model, str) and text.count("/") == 1 and not text.startswith((".", "/", "~"))

@@ -6,7 +6,8 @@ Two prompt formats (`PromptFormat`; "auto" = "chat" when the processor has a cha
   image, then the question; rendered with the generation prompt, so the text ends where the answer starts.
 - "alpaca": the Alpaca `prompt_no_input` template LLaMA-Adapter V2 (the paper's GM) is prompted with, as the
   authors build it: their instruction is "<image>\\n" + the DriveLM question. The Hugging Face processor
-  needs one image token per image, so the image slot holds the processor's image token once per camera:
+  needs one image token per image, so the image slot holds the processor's image token once per camera (the
+  LLaMA-Adapter backend keeps the authors' plain "<image>" once: its images enter through the adapter):
 
     Below is an instruction that describes a task. Write a response that appropriately completes the request.
 
@@ -95,12 +96,7 @@ def render_prompt(processor: Any, question: str, *, fmt: str, cameras: Sequence[
     if not question.strip():
         raise ConfigError("the question of a prompt is empty")
     if resolve_format(processor, fmt) == "alpaca":
-        image_token = getattr(processor, "image_token", None)
-        if not isinstance(image_token, str) or not image_token:
-            raise ModelError(
-                f"the {type(processor).__name__} of this GM has no image_token; cannot place the camera images"
-            )
-        return ALPACA_WRAPPER.format(images=image_token * len(cameras), question=question)
+        return ALPACA_WRAPPER.format(images=_image_slot(processor, len(cameras)), question=question)
     content: list[dict[str, str]] = []
     for camera in cameras:
         content += [{"type": "text", "text": f"{camera}:"}, {"type": "image"}]
@@ -114,6 +110,20 @@ def render_prompt(processor: Any, question: str, *, fmt: str, cameras: Sequence[
         raise ModelError(
             f"the chat template of this GM's {type(processor).__name__} fails to render: {err}"
         ) from err
+
+
+def _image_slot(processor: Any, n_images: int) -> str:
+    """The Alpaca prompt's image slot: the processor's own fixed slot when it has one (LLaMA-Adapter's plain
+    "<image>", its images entering through the adapter), else its image token once per image."""
+    slot = getattr(processor, "alpaca_image_slot", None)
+    if isinstance(slot, str) and slot:
+        return slot
+    image_token = getattr(processor, "image_token", None)
+    if not isinstance(image_token, str) or not image_token:
+        raise ModelError(
+            f"the {type(processor).__name__} of this GM has no image_token; cannot place the camera images"
+        )
+    return image_token * n_images
 
 
 @dataclass(frozen=True)

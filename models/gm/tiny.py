@@ -7,7 +7,9 @@ here on the small driving corpus below; `CLIPImageProcessorPil` (resize to 224 x
 whole camera field of view is kept) and `LlavaProcessor`. No chat template by default: the GM is prompted
 Alpaca-style, as LLaMA-Adapter is (see `netroller.models.gm.prompts`); `TinyGMSpec(chat_template=True)` adds
 a small LLaVA-style one (USER/ASSISTANT turns, an image part rendered as the image token) to test chat prompts.
-`arch="qwen2-vl"` builds the second architecture instead, a tiny Qwen2-VL (`netroller.models.gm.tiny_qwen`).
+`arch="qwen2-vl"` builds the second architecture instead, a tiny Qwen2-VL (`netroller.models.gm.tiny_qwen`);
+`arch="llama-adapter"` a tiny LLaMA-Adapter V2 in its released file formats, not a Hugging Face folder
+(`netroller.models.gm.llama_adapter.tiny`).
 
 Everything is written with `save_pretrained` and read back with `AutoModelForImageTextToText` /
 `AutoProcessor`, the same path as a real checkpoint. `netroller_stand_in.json` beside the weights marks the
@@ -35,9 +37,11 @@ from netroller.errors import ConfigError, ModelError
 from netroller.storage.atomic import atomic_path
 
 if TYPE_CHECKING:
+    from netroller.models.gm.llama_adapter.tiny import TinyAdapterSpec
     from netroller.models.gm.tiny_qwen import TinyQwenSpec
 
-TinyArch = Literal["llava", "qwen2-vl"]
+TinyArch = Literal["llava", "qwen2-vl", "llama-adapter"]
+HF_ARCHS: tuple[str, ...] = ("llava", "qwen2-vl")  # the archs built as save_pretrained folders
 
 # Bump when the architecture, the corpus or the weight recipe changes: old folders are rebuilt.
 BUILDER_VERSION = 1
@@ -81,6 +85,11 @@ divider ped crossing boundary lane drivable area road segment intersection stop 
 left right front back ahead behind near far fast slow stop go accelerate decelerate keep change lane
 zero one two three four five six seven eight nine ten meters seconds speed distance angle
 """
+
+
+def corpus_lines() -> list[str]:
+    """The tokenizers' training text, one sentence a line."""
+    return [line for line in _CORPUS.splitlines() if line.strip()]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,20 +182,23 @@ def build_tiny_gm(
     *,
     arch: TinyArch = "llava",
     seed: int = 0,
-    spec: TinyGMSpec | TinyQwenSpec | None = None,
+    spec: TinyGMSpec | TinyQwenSpec | TinyAdapterSpec | None = None,
 ) -> Path:
-    """Build a tiny GM of `arch` into `out` (a `save_pretrained` folder) and return `out`.
+    """Build a tiny GM of `arch` into `out` (a `save_pretrained` folder, or LLaMA-Adapter's files) and
+    return `out`.
 
-    `spec` is a `TinyGMSpec` for "llava", a `TinyQwenSpec` for "qwen2-vl" (default: the class's defaults).
+    `spec` is a `TinyGMSpec` for "llava", a `TinyQwenSpec` for "qwen2-vl", a `TinyAdapterSpec` for
+    "llama-adapter" (default: the class's defaults).
     Skips the work when `out` already holds a complete build of the same arch, seed, spec and builder
     version. The folder appears whole or not at all (built in a temporary folder, then renamed). Refuses to
     replace a non-empty folder that is not a tiny-GM build.
     """
+    from netroller.models.gm.llama_adapter.tiny import TinyAdapterSpec, build_adapter_into
     from netroller.models.gm.tiny_qwen import TinyQwenSpec, build_qwen_into
 
     if arch not in get_args(TinyArch):
         raise ConfigError(f"tiny GM arch must be one of {', '.join(get_args(TinyArch))}, got {arch!r}")
-    spec_class = TinyGMSpec if arch == "llava" else TinyQwenSpec
+    spec_class = {"llava": TinyGMSpec, "qwen2-vl": TinyQwenSpec, "llama-adapter": TinyAdapterSpec}[arch]
     spec = spec_class() if spec is None else spec
     if not isinstance(spec, spec_class):
         raise ConfigError(f"tiny GM arch {arch!r} takes a {spec_class.__name__}, got a {type(spec).__name__}")
@@ -201,8 +213,10 @@ def build_tiny_gm(
             tmp.mkdir()
             if arch == "llava":
                 _build_into(tmp, seed=seed, spec=spec)
-            else:
+            elif arch == "qwen2-vl":
                 build_qwen_into(tmp, seed=seed, spec=spec)
+            else:
+                build_adapter_into(tmp, seed=seed, spec=spec)
             (tmp / STAND_IN_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     except OSError:
         # Another process may have renamed its own complete build into place first.
@@ -212,7 +226,16 @@ def build_tiny_gm(
     return out
 
 
-def _marker(arch: TinyArch, seed: int, spec: TinyGMSpec | TinyQwenSpec) -> dict:
+def built_files(arch: TinyArch) -> tuple[str, ...]:
+    """The files a complete build of `arch` has (besides the stand-in marker); the first holds the weights."""
+    if arch == "llama-adapter":
+        from netroller.models.gm.llama_adapter.tiny import BUILT_FILES
+
+        return BUILT_FILES
+    return ("model.safetensors", "config.json")
+
+
+def _marker(arch: TinyArch, seed: int, spec: TinyGMSpec | TinyQwenSpec | TinyAdapterSpec) -> dict:
     return {
         "kind": "random-weight stand-in",
         "note": "Random weights: latents from this model carry no knowledge; use it for plumbing and tests.",
@@ -228,7 +251,7 @@ def _is_complete(out: Path, marker: dict) -> bool:
         found = json.loads((out / STAND_IN_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return found == marker and (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    return found == marker and all((out / name).is_file() for name in built_files(marker["arch"]))
 
 
 def _build_into(folder: Path, *, seed: int, spec: TinyGMSpec) -> None:
@@ -262,7 +285,7 @@ def train_bpe(vocab_size: int, special_tokens: Sequence[str], *, unk_token: str 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()], trainer)
+    tok.train_from_iterator(corpus_lines(), trainer)
     return tok
 
 
