@@ -30,7 +30,7 @@ import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -165,23 +165,51 @@ class CapturedLatents:
     """[T-1] int64 answer token ids (generated or read), -1 after the kept ones."""
 
 
-class Capturer(Protocol):
-    """What a harvest and an online run use of a capturer, whatever the GM's backend: `LatentCapturer`
-    (Hugging Face) or `netroller.models.gm.llama_adapter.capture.AdapterCapturer`."""
+class Capturer:
+    """What every GM backend's capturer shares (`LatentCapturer` for Hugging Face,
+    `netroller.models.gm.llama_adapter.capture.AdapterCapturer`): its settings, checked once, and the
+    interface a harvest and an online run use; a backend implements `capture_batch`."""
 
-    gm: LoadedGM
-    layers: tuple[int, ...]
-    tokens: int
-    latents: LatentKind
+    def __init__(
+        self,
+        gm: LoadedGM,
+        *,
+        layers: str | Sequence[int],
+        tokens: int,
+        cameras: Sequence[str],
+        latents: LatentKind = "generated",
+        decoding: Decoding = Decoding(),
+        prompt_format: PromptFormat = "auto",
+        stop_at_eos: bool = True,
+    ) -> None:
+        """`layers` as `resolve_layers` accepts them; `tokens` = T >= 1 positions per sample; `cameras` names
+        the images of every sample, in their order (the chat prompt states them).
+
+        `stop_at_eos=False` suppresses EOS, so `T - 1` tokens are always generated (benchmarks use it to time
+        full-length decoding).
+        """
+        self.tokens = check_capture_settings(tokens, latents)
+        self.gm = gm
+        self.cameras = tuple(cameras)
+        self.layers = resolve_layers(layers, gm.num_layers)
+        self.latents = latents
+        self.decoding = decoding
+        self.prompt_format = resolve_format(gm.processor, prompt_format)
+        self.stop_at_eos = stop_at_eos
 
     @property
-    def decode(self) -> str: ...
+    def decode(self) -> str:
+        """What the cache key records as the decoding: "none" for teacher-forced latents."""
+        return describe_decode(self.latents, self.decoding)
 
     def capture(
         self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
-    ) -> CapturedLatents: ...
+    ) -> CapturedLatents:
+        """Latents for one sample: its camera images (PIL, in `CAMERAS` order), question, answer and key."""
+        return self.capture_batch([Query(images, question, answer, key)])[0]
 
-    def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]: ...
+    def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]:
+        raise NotImplementedError
 
 
 def check_capture_settings(tokens: object, latents: object) -> int:
@@ -249,36 +277,13 @@ class _Capture:
         self.steps = {layer: [] for layer in self.layers}
 
 
-class LatentCapturer:
-    """Runs a loaded GM on samples (camera images, question, answer) and returns its latents at the chosen
-    layers."""
+class LatentCapturer(Capturer):
+    """Runs a loaded Hugging Face GM on samples (camera images, question, answer) and returns its latents at
+    the chosen layers."""
 
-    def __init__(
-        self,
-        gm: LoadedGM,
-        *,
-        layers: str | Sequence[int],
-        tokens: int,
-        cameras: Sequence[str],
-        latents: LatentKind = "generated",
-        decoding: Decoding = Decoding(),
-        prompt_format: PromptFormat = "auto",
-        stop_at_eos: bool = True,
-    ) -> None:
-        """`layers` as `resolve_layers` accepts them; `tokens` = T >= 1 positions per sample; `cameras` names
-        the images of every sample, in their order (the chat prompt states them).
-
-        `stop_at_eos=False` suppresses EOS, so `T - 1` tokens are always generated (benchmarks use it to time
-        full-length decoding).
-        """
-        self.tokens = check_capture_settings(tokens, latents)
-        self.gm = gm
-        self.cameras = tuple(cameras)
-        self.layers = resolve_layers(layers, gm.num_layers)
-        self.latents = latents
-        self.decoding = decoding
-        self.prompt_format = resolve_format(gm.processor, prompt_format)
-        self.stop_at_eos = stop_at_eos
+    def __init__(self, gm: LoadedGM, **settings) -> None:
+        """`settings` as `Capturer`'s."""
+        super().__init__(gm, **settings)
         self._modules = _decoder_layers(gm.model, gm.num_layers)
         self._tokenizer = getattr(gm.processor, "tokenizer", None)
         if self._tokenizer is None:
@@ -287,17 +292,6 @@ class LatentCapturer:
         # Passes that need no new token need logits for the last position alone (a 7B vocab x prompt is large).
         accepts = inspect.signature(gm.model.forward).parameters
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
-
-    @property
-    def decode(self) -> str:
-        """What the cache key records as the decoding: "none" for teacher-forced latents."""
-        return describe_decode(self.latents, self.decoding)
-
-    def capture(
-        self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
-    ) -> CapturedLatents:
-        """Latents for one sample: its camera images (PIL, in `CAMERAS` order), question, answer and key."""
-        return self._run([Query(images, question, answer, key)])[0]
 
     def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]:
         """Latents for several samples in one pass (padded); per sample if the tokenizer cannot pad."""

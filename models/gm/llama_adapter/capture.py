@@ -17,59 +17,28 @@ import torch
 
 from netroller.models.gm.capture import (
     CapturedLatents,
-    Decoding,
+    Capturer,
     Query,
     SeededSampler,
-    check_capture_settings,
     check_queries,
     cut_generated,
-    describe_decode,
     forced_latents,
-    resolve_layers,
     sample_seed,
 )
 from netroller.models.gm.llama_adapter.llama import KVCache, TokenBatch
 from netroller.models.gm.loader import LoadedGM
-from netroller.models.gm.prompts import PromptFormat, render_prompt, resolve_format
-from netroller.storage.schema import LatentKind
+from netroller.models.gm.prompts import render_prompt
 
 
-class AdapterCapturer:
-    """Runs a loaded LLaMA-Adapter GM on samples and returns its latents at the chosen layers (the interface
-    of `LatentCapturer`)."""
+class AdapterCapturer(Capturer):
+    """Runs a loaded LLaMA-Adapter GM on samples and returns its latents at the chosen layers."""
 
-    def __init__(
-        self,
-        gm: LoadedGM,
-        *,
-        layers: str | Sequence[int],
-        tokens: int,
-        cameras: Sequence[str],
-        latents: LatentKind = "generated",
-        decoding: Decoding = Decoding(),
-        prompt_format: PromptFormat = "auto",
-        stop_at_eos: bool = True,
-    ) -> None:
-        self.tokens = check_capture_settings(tokens, latents)
-        self.gm = gm
-        self.cameras = tuple(cameras)
-        self.layers = resolve_layers(layers, gm.num_layers)
-        self.latents = latents
-        self.decoding = decoding
-        self.prompt_format = resolve_format(gm.processor, prompt_format)  # "alpaca": no chat template
-        self.stop_at_eos = stop_at_eos
+    def __init__(self, gm: LoadedGM, **settings) -> None:
+        """`settings` as `Capturer`'s (the prompt format resolves to "alpaca": the GM has no chat template)."""
+        super().__init__(gm, **settings)
         self._tokenizer = gm.processor.tokenizer
         param = next(gm.model.parameters())
         self._device, self._dtype = param.device, param.dtype
-
-    @property
-    def decode(self) -> str:
-        return describe_decode(self.latents, self.decoding)
-
-    def capture(
-        self, images: Sequence, question: str, *, answer: str | None = None, key: str = ""
-    ) -> CapturedLatents:
-        return self.capture_batch([Query(images, question, answer, key)])[0]
 
     def capture_batch(self, queries: Sequence[Query]) -> list[CapturedLatents]:
         queries = list(queries)
