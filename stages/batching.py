@@ -67,7 +67,7 @@ def loss_shares(
 ) -> tuple[Tensor, dict[str, float]]:
     """(the loss to backpropagate: these terms' sums divided by the counts of the whole step, `counts`;
     each term's share as a float, which summed over the step's micro-batches and workers gives the term)."""
-    shares = {name: term.total * weight / max(counts[name], 1.0) for name, term in terms.items()}
+    shares = {name: term.divided_by(counts[name]) * weight for name, term in terms.items()}
     total = sum(shares.values())
     return total, {"total": float(total.detach()), **{k: float(v.detach()) for k, v in shares.items()}}
 

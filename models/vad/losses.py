@@ -3,8 +3,9 @@
 
 Why sums and counts: the official divides each term by a count over the batch (matched GT, or elements of a
 mean) that it averages over the processes (`sync_cls_avg_factor=True`, `reduce_mean`). Here a trainer with
-several workers all-reduces the sums and the counts and divides once; on one process `total / count` is the
-official value.
+several workers all-reduces the counts only and each worker divides its own sum by the global count, once,
+with `LossTerm.divided_by` (`netroller.stages.batching.global_loss`): the shares and their gradients add up
+to the one-process loss. On one process `LossTerm.value` (total / count) is the official value.
 
 Terms (names as the official dict; `d{i}.` for the auxiliary decoder layers 0 .. L-2, none for the last):
 - `loss_cls`, `loss_bbox` for every detection layer; `loss_traj`, `loss_traj_cls` for the last one only
@@ -60,10 +61,17 @@ class LossTerm:
     total: Tensor  # scalar, carries the gradient
     count: Tensor  # scalar float, no gradient
 
+    def divided_by(self, count: Tensor | float) -> Tensor:
+        """total / count, the count clamped to >= 1: the one normalisation rule, for this worker's count or
+        the count summed over every worker."""
+        return self.total / torch.as_tensor(count, dtype=self.total.dtype, device=self.total.device).clamp(
+            min=1
+        )
+
     @property
     def value(self) -> Tensor:
         """The term as the official reports it (on one process)."""
-        return self.total / self.count.clamp(min=1)
+        return self.divided_by(self.count)
 
 
 def loss_sum(terms: dict[str, LossTerm]) -> Tensor:
