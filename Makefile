@@ -28,7 +28,7 @@ pipeline: setup
 	$(BIN)/netroller pipeline --work $(WORK)
 
 chaos: setup
-	$(BIN)/python -m netroller.pipeline.chaos --trials 10 --seed 0
+	$(BIN)/python -m netroller.tools.chaos --trials 10 --seed 0
 
 lint: setup
 	$(BIN)/ruff check .

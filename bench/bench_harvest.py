@@ -143,8 +143,8 @@ class _BareLoop:
         self._pass(plan.records[: size.shard_size])  # warm-up
 
     def _pass(self, records) -> None:
+        from netroller.data.cameras import load_camera_images
         from netroller.models.gm.prompts import DEFAULT_TEMPLATE
-        from netroller.stages.harvest import load_camera_images
 
         for rec in records:
             images = load_camera_images(rec, self.plan.dataroot)
@@ -160,15 +160,16 @@ class _RayPool:
     """The harvest's Ray path: WORKERS actors writing one cache, GMs loaded and warmed up once."""
 
     def __init__(self, plan, root: Path, size: HarvestBench) -> None:
-        from netroller.pipeline.ray_harvest import RayHarvestSpec, dispatch, start_actors
+        from netroller.distributed.ray_harvest import dispatch, start_actors
+        from netroller.stages.harvest import ShardJob
         from netroller.storage.writer import CacheWriter
 
         self._dispatch = dispatch
         self.writer = CacheWriter.create(root, plan.key, plan.manifest, size.shard_size, overwrite=True)
         work = [(s, [plan.rows[i] for i in self.writer.shard_rows(s)]) for s in range(self.writer.num_shards)]
-        spec = RayHarvestSpec(root=root, capture=plan.capture, dataroot=plan.dataroot, batch_size=1)
+        job = ShardJob(root=root, capture=plan.capture, dataroot=plan.dataroot, batch_size=1)
         start = time.perf_counter()
-        self.actors = start_actors(spec, WORKERS, 0.0, None)
+        self.actors = start_actors(job.load, WORKERS, 0.0, None)
         self.model_load_s = time.perf_counter() - start
         dispatch(self.actors, work[:WORKERS], None, lambda n: None)  # warm-up: one shard per actor
         self.work = work[WORKERS:]
@@ -226,10 +227,10 @@ def _t_sweep(index: Path, gm_path: Path, tmp: Path, size: HarvestBench) -> dict:
 
 
 def _queries(index: Path, samples: int, answer: str | None = None) -> list:
+    from netroller.data.cameras import load_camera_images
     from netroller.data.index import read_index
     from netroller.models.gm.capture import Query
     from netroller.models.gm.prompts import DEFAULT_TEMPLATE
-    from netroller.stages.harvest import load_camera_images
 
     idx = read_index(index)
     return [
@@ -308,8 +309,8 @@ def run(size: HarvestBench | None = None) -> dict:
     import ray
     import torch
 
+    from netroller.distributed.ray_harvest import connect
     from netroller.models.gm.tiny import build_tiny_gm
-    from netroller.pipeline.ray_harvest import connect
     from netroller.stages.harvest import HarvestConfig, plan_harvest
     from netroller.storage.verify import cache_info
 

@@ -2,7 +2,7 @@
 
 Without --cache / --online this is baseline VAD training (netroller.stages.train); with them it is the
 NetRoller fine-tune (netroller.stages.finetune), which starts from --init and uses the authors' c1 recipe
-unless options override it. `--num-workers N` trains data-parallel in N processes (netroller.pipeline.ddp):
+unless options override it. `--num-workers N` trains data-parallel in N processes (netroller.distributed.ddp):
 one per GPU with `--device cuda`, or CPU processes; `--batch-size` is the global batch, split among them.
 """
 
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
             }
             f = authors_recipe(authors, index, out, cache=cache, init=init, workers=num_workers, **keep)
             if f.train.workers > 1:
-                from netroller.pipeline.ddp import launch
+                from netroller.distributed.ddp import launch
 
                 run = launch(finetune, (f.train, f.netroller), workers=f.train.workers, device=f.train.device)
             else:
@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
             )
             cfg = finetune_c1(**common)
             if cfg.workers > 1:
-                from netroller.pipeline.ddp import launch
+                from netroller.distributed.ddp import launch
 
                 # Each worker builds its own adapter, latent reader and hooks from the two configs.
                 run = launch(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)

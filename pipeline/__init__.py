@@ -1,1 +1,2 @@
-"""Orchestration: the end-to-end recipe and the Ray edge that turns stage functions into distributed work."""
+"""The recipes (`recipe`: named end-to-end runs as Python functions) and the runner that chains the stages
+(`run`: `make pipeline`, `netroller pipeline`)."""

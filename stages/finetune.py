@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from netroller.data.index import read_index
 from netroller.data.latents import LAG_POLICIES, QuestionDraw
+from netroller.distributed.ddp import current_group
 from netroller.errors import ConfigError, ModelError
 from netroller.models.adapter import AdapterConfig, AdapterMode, NetRoller, ShiftPlace
 from netroller.models.vad.config import recipe
 from netroller.models.vad.detector import VAD
-from netroller.pipeline.ddp import current_group
 from netroller.stages.latents import LatentSetup, feed_latents, open_cache, open_online
 from netroller.stages.run_dir import load_weights, split_weights
 from netroller.stages.train import (

@@ -8,8 +8,8 @@ argument leaves nothing behind. The work unit is one shard of consecutive sample
 written whole by one worker and committed last. A re-run first re-hashes every committed shard against its
 commit record and recomputes the shards without a valid record or whose bytes changed (`verify=False`, the
 CLI's `--no-verify`, trusts committed shards after the cheap record-and-size check). `workers=0` runs in
-this process; `workers>=1` hands the shards to Ray actors through `netroller.pipeline.ray_harvest`, the
-only module that imports Ray.
+this process; `workers>=1` hands the shards to Ray actors through `netroller.distributed.ray_harvest`, the
+only module that imports Ray. Both run the same `ShardJob`: loaded once per worker, it computes whole shards.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 import netroller
+from netroller.data.cameras import load_camera_images
 from netroller.data.index import CAMERAS, SPLITS, Index, SampleRecord, file_hash, read_index
 from netroller.errors import CacheError, ConfigError, DataError, MissingPathError
 from netroller.models.gm.capture import (
@@ -321,22 +322,6 @@ def _rows(records: Sequence[SampleRecord], prompts: PromptSource, cfg: HarvestCo
     return rows
 
 
-def load_camera_images(record: SampleRecord, dataroot: Path) -> list[Image.Image]:
-    """The sample's 6 camera images as RGB, in CAMERAS order; DataError naming the camera and path."""
-    images = []
-    for cam, rel in zip(CAMERAS, record.cam_paths, strict=True):
-        path = Path(dataroot) / rel
-        try:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        except FileNotFoundError as err:
-            raise DataError(f"{cam} image missing: {path}") from err
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise DataError(f"{cam} image unreadable: {path} ({reason})") from err
-    return images
-
-
 def harvest_shard(
     writer_root: Path,
     shard: int,
@@ -405,6 +390,35 @@ def harvest_shard(
     return writer.write_shard(shard, hidden, length, token_ids, tuple(failures.items()))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ShardJob:
+    """How a worker computes shards of one harvest: plain data, pickled once to every Ray actor; `load()`
+    loads the GM (once per worker) and returns the function that computes and writes one shard."""
+
+    root: Path  # the cache folder (already created by the driver)
+    capture: CaptureSpec
+    dataroot: Path
+    batch_size: int
+
+    def load(self) -> Callable[[int, Sequence[HarvestRow], Callable[[int], None] | None], CommitRecord]:
+        capturer = self.capture.capturer()  # files not re-hashed: the driver built the cache key
+
+        def compute(
+            shard: int, rows: Sequence[HarvestRow], on_samples: Callable[[int], None] | None = None
+        ) -> CommitRecord:
+            return harvest_shard(
+                self.root,
+                shard,
+                rows,
+                capturer,
+                self.dataroot,
+                batch_size=self.batch_size,
+                on_samples=on_samples,
+            )
+
+        return compute
+
+
 def _human_bytes(n: float) -> str:
     unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -453,24 +467,26 @@ def harvest(cfg: HarvestConfig) -> Path:
             + f", batch {cfg.samples_per_pass}; "
             f"{'in-process' if cfg.workers == 0 else f'{cfg.workers} Ray worker(s)'}"
         )
+        # Absolute paths: actors run in Ray's worker folder (a job's working dir, another node's cwd), where
+        # the driver's relative paths would point elsewhere.
+        job = ShardJob(
+            root=root.resolve(),
+            capture=plan.capture,
+            dataroot=plan.dataroot.resolve(),
+            batch_size=cfg.samples_per_pass,
+        )
         with tqdm(
             total=n_todo, unit="sample", desc="harvest", disable=not cfg.progress, smoothing=0.1
         ) as bar:
             if cfg.workers == 0:
-                _run_in_process(plan, root, work, bar.update)
+                compute = job.load()
+                for shard, rows in work:
+                    compute(shard, rows, bar.update)
             else:
-                from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
+                from netroller.distributed.ray_harvest import run_shards
 
-                # Absolute paths: actors run in Ray's worker folder (a job's working dir, another node's
-                # cwd), where the driver's relative paths would point elsewhere.
-                spec = RayHarvestSpec(
-                    root=root.resolve(),
-                    capture=plan.capture,
-                    dataroot=plan.dataroot.resolve(),
-                    batch_size=cfg.samples_per_pass,
-                )
                 run_shards(
-                    spec,
+                    job.load,
                     work,
                     workers=cfg.workers,
                     gpus_per_worker=cfg.gpus_per_worker,
@@ -495,22 +511,3 @@ def _absolute_if_local(model: str) -> str:
     if not path.exists():
         return model
     return f"{backend}:{path.resolve()}" if backend else str(path.resolve())
-
-
-def _run_in_process(
-    plan: HarvestPlan,
-    root: Path,
-    work: Sequence[tuple[int, list[HarvestRow]]],
-    on_samples: Callable[[int], None],
-) -> None:
-    capturer = plan.capture.capturer()
-    for shard, rows in work:
-        harvest_shard(
-            root,
-            shard,
-            rows,
-            capturer,
-            plan.dataroot,
-            batch_size=plan.cfg.samples_per_pass,
-            on_samples=on_samples,
-        )

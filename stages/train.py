@@ -14,7 +14,7 @@ Resume restarts after the last finished epoch with its model, optimizer, schedul
 order of epoch e depends only on (seed, e), so 1 epoch + resume + 1 epoch == 2 epochs. `TrainHooks` is where
 the NetRoller fine-tune plugs in: extra trainable modules and a per-batch `BevShift`.
 
-Data parallel (`workers` > 1, see `netroller.pipeline.ddp`): each worker runs this same loop on its slice of
+Data parallel (`workers` > 1, see `netroller.distributed.ddp`): each worker runs this same loop on its slice of
 every global batch (`netroller.stages.batching`), BatchNorm statistics and gradients are summed over the
 workers, and the losses logged are the global batch's. Rank 0 alone writes the run dir. Dropout draws from a
 generator reseeded per (seed, epoch, rank), so a resumed data-parallel run is exact too.
@@ -40,13 +40,13 @@ from tqdm import tqdm
 
 from netroller.data.dataset import SampleDataset, collate
 from netroller.data.index import Index, read_index
+from netroller.distributed.ddp import WorkerGroup, convert_batchnorm, current_group, launch
 from netroller.errors import ConfigError, ModelError
 from netroller.models.vad.batch import Batch
 from netroller.models.vad.config import RECIPES, VADConfig, config_from_dict, config_to_dict, recipe
 from netroller.models.vad.detector import VAD
 from netroller.models.vad.losses import vad_losses
 from netroller.models.vad.perception_transformer import BevShift
-from netroller.pipeline.ddp import WorkerGroup, convert_batchnorm, current_group, launch
 from netroller.stages.batching import (
     epoch_generator,
     global_batches,
@@ -367,7 +367,7 @@ def build_dataset(cfg: TrainConfig, vad_cfg: VADConfig, index: Index | None = No
 def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     """Train (or resume) a VAD run; returns the run dir.
 
-    With `cfg.workers` > 1 this spawns the workers, each running this function (`netroller.pipeline.ddp`).
+    With `cfg.workers` > 1 this spawns the workers, each running this function (`netroller.distributed.ddp`).
     Hooks cannot travel to other processes (they hold closures), so a stage that builds hooks is launched
     whole instead: `launch(finetune, (cfg, nr), workers=...)`, as `netroller train --num-workers` does.
     """
@@ -376,7 +376,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
         if hooks is not None:
             raise ConfigError(
                 f"TrainConfig.workers={cfg.workers} with TrainHooks: launch the stage that builds the hooks "
-                "in every worker with netroller.pipeline.ddp.launch (as `netroller train --num-workers` does)"
+                "in every worker with netroller.distributed.ddp.launch (as `netroller train --num-workers` does)"
             )
         return launch(train, (cfg,), workers=cfg.workers, device=cfg.device)
     if group is not None and group.size != cfg.workers:

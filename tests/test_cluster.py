@@ -29,8 +29,8 @@ import psutil
 import pytest
 import zarr
 
+from netroller.distributed.ray_harvest import check_reachable
 from netroller.errors import ClusterError
-from netroller.pipeline.ray_harvest import check_reachable
 from netroller.stages.harvest import HarvestConfig, harvest
 
 pytestmark = pytest.mark.slow

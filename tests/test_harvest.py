@@ -17,6 +17,7 @@ import pytest
 import zarr
 from PIL import Image
 
+from netroller.data.cameras import load_camera_images
 from netroller.data.index import IndexMeta, SampleRecord, bare_record, write_index
 from netroller.errors import (
     CacheKeyMismatchError,
@@ -26,7 +27,7 @@ from netroller.errors import (
     ModelError,
     WorkerError,
 )
-from netroller.stages.harvest import HarvestConfig, harvest, load_camera_images
+from netroller.stages.harvest import HarvestConfig, harvest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -355,8 +356,8 @@ def test_prompt_text_is_part_of_the_cache_key(base, tiny_gm):
 
 def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_gm, tmp_path, ray_local):
     from netroller.data.index import read_index
-    from netroller.pipeline.ray_harvest import RayHarvestSpec, run_shards
-    from netroller.stages.harvest import plan_harvest
+    from netroller.distributed.ray_harvest import run_shards
+    from netroller.stages.harvest import ShardJob, plan_harvest
 
     index_path, reference = base
     root = _copy(reference, tmp_path)
@@ -364,10 +365,10 @@ def test_ray_worker_failure_names_the_shard_and_keeps_committed_ones(base, tiny_
         c.unlink()
     index = read_index(index_path)
     plan = plan_harvest(_cfg(index_path, root, tiny_gm))
-    spec = RayHarvestSpec(root=root, capture=plan.capture, dataroot=index.dataroot(), batch_size=1)
+    job = ShardJob(root=root, capture=plan.capture, dataroot=index.dataroot(), batch_size=1)
     work = [(0, plan.rows[0:2]), (1, plan.rows[0:1])]  # shard 1 has 2 rows: its unit is malformed
     with pytest.raises(WorkerError, match="failed on shard 1: CacheError.*re-run the same harvest to resume"):
-        run_shards(spec, work, workers=1)
+        run_shards(job.load, work, workers=1)
     assert [c.name for c in _commits(root)] == ["000000.json"]
 
 

@@ -467,8 +467,9 @@ def test_flash_attention_and_a_channel_order_for_hf_are_refused(tiny_llama_adapt
 def test_harvest_writes_the_backend_into_the_key_and_rows_equal_capture(
     index_path, tiny_llama_adapter, gm, tmp_path
 ):
+    from netroller.data.cameras import load_camera_images
     from netroller.data.index import read_index
-    from netroller.stages.harvest import HarvestConfig, harvest, load_camera_images
+    from netroller.stages.harvest import HarvestConfig, harvest
     from netroller.storage.reader import CacheReader
 
     cfg = HarvestConfig(

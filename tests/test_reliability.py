@@ -1,5 +1,5 @@
 """The reliability suite: real faults (SIGKILL, damaged bytes, a full disk, damaged images, hostile files and
-arguments) and the recovery the design promises. The long version is `make chaos` (netroller.pipeline.chaos),
+arguments) and the recovery the design promises. The long version is `make chaos` (netroller.tools.chaos),
 which runs the same fault functions with more trials, real `python -m` start-ups and Ray workers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from netroller.data.index import CAMERAS, read_index, write_index
-from netroller.pipeline import chaos
+from netroller.tools import chaos
 
 KILL_TRIALS = 5
 

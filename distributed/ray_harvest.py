@@ -1,10 +1,11 @@
 """The Ray edge of the harvest: actors that each hold one GM and write whole shards.
 
-The only module that imports Ray for the harvest; the stage (`netroller.stages.harvest`) and its work unit
-(`harvest_shard`) run without it. Ray is a local instance sized for this machine by default, or an
-existing cluster through `ray_address` / RAY_ADDRESS. Each actor (`num_cpus=1`, `num_gpus=G`) loads the GM
-once, receives shard work units from the driver (`ray.wait`; two queued per actor), writes its shard
-through `CacheWriter.open(root).write_shard` and returns the commit record. A small progress actor relays
+The only module that imports Ray. It knows nothing of GMs or caches: the stage (`netroller.stages.harvest`)
+hands it a picklable `load_worker` callable, which each actor calls once (loading the GM) to get the
+function that computes and writes one shard; the stage runs that same function in-process without Ray.
+Ray is a local instance sized for this machine by default, or an existing cluster through `ray_address` /
+RAY_ADDRESS. Each actor (`num_cpus=1`, `num_gpus=G`) receives shard work units from the driver
+(`ray.wait`; two queued per actor) and returns each shard's commit record. A small progress actor relays
 per-sample counts to the driver's tqdm bar. A failed or dead worker leaves its shard uncommitted: the run
 stops handing out work, lets the other in-flight shards finish, and raises `WorkerError` (a re-run resumes).
 """
@@ -15,19 +16,18 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import ray
 import ray.exceptions
 
 from netroller.errors import ClusterError, WorkerError
 
-if TYPE_CHECKING:
-    from netroller.models.gm.capture import CaptureSpec
-    from netroller.stages.harvest import HarvestRow
-    from netroller.storage.schema import CommitRecord
+ShardFn = Callable[[int, list, Callable[[int], None] | None], Any]
+"""compute(shard, rows, on_samples) -> the shard's commit record: computes and writes one whole shard,
+calling on_samples(n) as rows finish."""
+WorkUnit = tuple[int, list]
+"""(shard, the rows it holds), in the stage's own row type."""
 
 # Work units and commit records are small (records in, a checksum record out), so a local instance needs
 # little object store; Ray's own default (30% of RAM) would take memory from the GMs on a small machine.
@@ -41,16 +41,6 @@ TORCH_THREADS_PER_ACTOR = 1
 # A second shard waits in each actor's queue, so it starts the moment the first is written instead of after
 # a round trip to the driver (measured: ~25% of the tiny GM's per-sample time at shard size 4).
 SHARDS_QUEUED_PER_ACTOR = 2
-
-
-@dataclass(frozen=True, kw_only=True)
-class RayHarvestSpec:
-    """What every actor needs to build its capturer and write shards (pickled once per actor)."""
-
-    root: Path  # the cache folder (already created by the driver)
-    capture: CaptureSpec  # how each actor loads its GM and captures
-    dataroot: Path
-    batch_size: int
 
 
 @ray.remote(num_cpus=0)
@@ -70,10 +60,13 @@ class _Progress:
 
 @ray.remote
 class HarvestActor:
-    """One GM, loaded once; runs `harvest_shard` on the work units it is handed."""
+    """Calls `load_worker()` once (the GM is loaded there), then computes the shards it is handed."""
 
     def __init__(
-        self, spec: RayHarvestSpec, torch_threads: int, progress: ray.actor.ActorHandle | None
+        self,
+        load_worker: Callable[[], ShardFn],
+        torch_threads: int,
+        progress: ray.actor.ActorHandle | None,
     ) -> None:
         import torch
         from transformers.utils import logging as transformers_logging
@@ -81,9 +74,8 @@ class HarvestActor:
         # torch's default (one thread per core, in every actor) oversubscribes a machine shared by actors.
         torch.set_num_threads(torch_threads)
         transformers_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in the driver's log
-        self._spec = spec
         self._progress = progress
-        self._capturer = spec.capture.capturer()  # files not re-hashed: the driver built the cache key
+        self._compute = load_worker()
 
     def ready(self) -> int:
         return os.getpid()
@@ -93,18 +85,10 @@ class HarvestActor:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
-    def run(self, shard: int, records: list[HarvestRow]) -> CommitRecord:
-        from netroller.stages.harvest import harvest_shard
-
+    def run(self, shard: int, rows: list) -> Any:
         progress = self._progress
-        return harvest_shard(
-            self._spec.root,
-            shard,
-            records,
-            self._capturer,
-            self._spec.dataroot,
-            batch_size=self._spec.batch_size,
-            on_samples=(lambda n: progress.add.remote(n)) if progress is not None else None,
+        return self._compute(
+            shard, rows, (lambda n: progress.add.remote(n)) if progress is not None else None
         )
 
 
@@ -163,12 +147,15 @@ def _cluster_hint(err: BaseException) -> str:
 
 
 def start_actors(
-    spec: RayHarvestSpec, workers: int, gpus_per_worker: float, progress: ray.actor.ActorHandle | None
+    load_worker: Callable[[], ShardFn],
+    workers: int,
+    gpus_per_worker: float,
+    progress: ray.actor.ActorHandle | None,
 ) -> list[ray.actor.ActorHandle]:
-    """Start `workers` actors and wait until each has loaded its GM (WorkerError if one fails to)."""
+    """Start `workers` actors and wait until each has run `load_worker` (WorkerError if one fails to)."""
     actors = [
         HarvestActor.options(num_cpus=1, num_gpus=gpus_per_worker).remote(
-            spec, TORCH_THREADS_PER_ACTOR, progress
+            load_worker, TORCH_THREADS_PER_ACTOR, progress
         )
         for _ in range(workers)
     ]
@@ -189,21 +176,21 @@ def _first_line(err: BaseException) -> str:
 
 def dispatch(
     actors: Sequence[ray.actor.ActorHandle],
-    work: Sequence[tuple[int, list[HarvestRow]]],
+    work: Sequence[WorkUnit],
     progress: ray.actor.ActorHandle | None,
     on_samples: Callable[[int], None],
-) -> list[CommitRecord]:
+) -> list:
     """Keep every actor fed with shards until all are written; WorkerError naming the first failed shard."""
     queue = list(work)
     load = [0] * len(actors)  # shards queued or running per actor
     inflight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (shard, actor position)
-    commits: list[CommitRecord] = []
+    commits: list = []
     failed: tuple[int, BaseException] | None = None
     while queue or inflight:
         for i, actor in enumerate(actors):
             while queue and failed is None and load[i] < SHARDS_QUEUED_PER_ACTOR:
-                shard, records = queue.pop(0)
-                inflight[actor.run.remote(shard, records)] = (shard, i)
+                shard, rows = queue.pop(0)
+                inflight[actor.run.remote(shard, rows)] = (shard, i)
                 load[i] += 1
         if not inflight:
             break
@@ -229,8 +216,8 @@ def dispatch(
 
 
 def run_shards(
-    spec: RayHarvestSpec,
-    work: Sequence[tuple[int, list[HarvestRow]]],
+    load_worker: Callable[[], ShardFn],
+    work: Sequence[WorkUnit],
     *,
     workers: int,
     gpus_per_worker: float = 0.0,
@@ -238,9 +225,11 @@ def run_shards(
     on_samples: Callable[[int], None] = lambda n: None,
     on_ready: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = lambda msg: None,
-) -> list[CommitRecord]:
-    """Write every shard of `work` on `workers` Ray actors; returns their commit records.
+) -> list:
+    """Write every shard of `work` on `workers` Ray actors, each computing with what its `load_worker()`
+    returned; returns their commit records.
 
+    `load_worker` is pickled to every actor (a module-level function, or a method of a plain dataclass).
     `on_ready()` is called once the actors have loaded their GMs (the driver restarts its rate clock there).
     """
     if not work:
@@ -259,7 +248,7 @@ def run_shards(
     try:
         progress = _Progress.remote()
         start = time.perf_counter()
-        actors = start_actors(spec, min(workers, len(work)), gpus_per_worker, progress)
+        actors = start_actors(load_worker, min(workers, len(work)), gpus_per_worker, progress)
         log(f"harvest: {len(actors)} worker(s) loaded the GM in {time.perf_counter() - start:.1f} s")
         on_ready()
         return dispatch(actors, work, progress, on_samples)

@@ -1,7 +1,7 @@
 """The reliability suite's long version (`make chaos`): real faults injected into the pipeline, each followed
 by the recovery the design promises and checked against an uninterrupted run.
 
-    python -m netroller.pipeline.chaos --trials 10 --seed 0
+    python -m netroller.tools.chaos --trials 10 --seed 0
     -> a summary table on stdout and work/chaos-results.json (one entry per trial)
 
 Faults, all real (no mocks): SIGKILL of a `netroller harvest` process at seeded points (in-process and Ray
@@ -12,6 +12,10 @@ sample's data (the training reader refuses that sample by name: 0 samples silent
 tiny tmpfs; needs root, else reported as skipped); cache.json / manifest.parquet damaged (every command
 refuses it, nothing is overwritten); SIGKILL of `netroller train` after its first checkpoint (`--resume` gives the same losses).
 tests/test_reliability.py runs these functions with few trials.
+
+A developer tool, not part of the product: it drives the CLI from above (`netroller.cli.main`), so it lives
+in tools/, which the wheel does not ship and no product module imports; it runs from a checkout, where the
+editable install maps `netroller` onto the repository root.
 """
 
 from __future__ import annotations
@@ -827,7 +831,7 @@ def _cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m netroller.pipeline.chaos`; returns the exit code."""
+    """`python -m netroller.tools.chaos`; returns the exit code."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(_cli)
     try:
