@@ -15,9 +15,12 @@ import typer
 
 from netroller.storage.verify import cache_info, verify_cache
 
+SUMMARY = "Inspect and verify a latent cache."
+
 cache_app = typer.Typer(
     name="cache",
-    help="Inspect and verify a latent cache.\n\nExamples:\n\n  netroller cache info work/cache\n\n  netroller cache verify work/cache",
+    help=SUMMARY
+    + "\n\nExamples:\n\n  netroller cache info work/cache\n\n  netroller cache verify work/cache",
     no_args_is_help=True,
 )
 

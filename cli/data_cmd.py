@@ -10,9 +10,11 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = "Datasets: generate a synthetic nuScenes v1.0-mini."
+
 data_app = typer.Typer(
     name="data",
-    help="Datasets: generate a synthetic nuScenes v1.0-mini.\n\nExample: netroller data synth --out work/nuscenes",
+    help=SUMMARY + "\n\nExample: netroller data synth --out work/nuscenes",
     no_args_is_help=True,
 )
 

@@ -1,10 +1,13 @@
-"""`netroller eval`: score a trained run on a split (planning, detection, map) and write report and plots."""
+"""`netroller eval`: score a trained run on a split (planning, detection, map) and write report and plots.
+
+Every option is a field of EvalConfig (netroller.stages.evaluate), with that field's default and docstring.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+SUMMARY = "Evaluate a trained run: VAD-parity L2 / collision, nuScenes NDS and mAP, map AP; report and plots."
 
 _EPILOG = """\
 Examples:
@@ -26,66 +29,31 @@ nuscenes-devkit DetectionEval in VAD's 30 m x 60 m range, map AP is the Chamfer 
 """
 
 
-def _eval(
-    run: Path = typer.Option(..., "--run", help="Run folder written by `netroller train`."),
-    index: Path = typer.Option(..., "--index", help="Sample index (Parquet) from `netroller prepare`."),
-    split: str = typer.Option("val", "--split", help="train | val."),
-    max_samples: int | None = typer.Option(None, "--max-samples", help="Evaluate only the first N samples."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
-    out_name: str | None = typer.Option(
-        None,
-        "--out-name",
-        help="Output folder name inside the run [default: the variant's: eval, eval-lag3, eval-shuffled].",
-    ),
-    dataroot: Path | None = typer.Option(None, "--dataroot", help="nuScenes root, if moved since prepare."),
-    num_plots: int = typer.Option(3, "--num-plots", help="Samples that get BEV and camera pictures."),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="Latent cache (NetRoller runs); its key must match the run's."
-    ),
-    latent_lag: int = typer.Option(
-        0, "--latent-lag", help="Feed the latents of N keyframes earlier (same scene)."
-    ),
-    shuffle_latents: bool = typer.Option(
-        False, "--shuffle-latents", help="Control: every sample gets another sample's latents."
-    ),
-    lag_policy: str = typer.Option(
-        "exact",
-        "--lag-policy",
-        help="exact (the keyframe --latent-lag earlier) | annotated (the latest DriveLM-annotated keyframe at "
-        "least --latent-lag earlier).",
-    ),
-    skip_damaged: bool = typer.Option(
-        False,
-        "--skip-damaged",
-        help="Check every cached sample's checksum first; evaluate damaged ones without latents (counted) "
-        "instead of stopping at the first.",
-    ),
-) -> None:
+def register(app: typer.Typer) -> None:
+    from netroller.cli.options import options, with_options
     from netroller.stages.evaluate import EvalConfig, evaluate
 
-    cfg = EvalConfig(
-        run=run,
-        index=index,
-        split=split,
-        out_name=out_name,
-        max_samples=max_samples,
-        device=device,
-        dataroot=dataroot,
-        num_plots=num_plots,
-        cache=cache,
-        latent_lag=latent_lag,
-        shuffle_latents=shuffle_latents,
-        lag_policy=lag_policy,
-        skip_damaged=skip_damaged,
+    eval_options = options(
+        EvalConfig,
+        "run",
+        "index",
+        "split",
+        "max_samples",
+        "device",
+        "out_name",
+        "dataroot",
+        "num_plots",
+        "cache",
+        "latent_lag",
+        "lag_policy",
+        "shuffle_latents",
+        "skip_damaged",
+        name="cfg",
     )
-    out = evaluate(cfg)
-    typer.echo(f"eval: {out}")
-    typer.echo((out / "metrics.json").read_text().strip())
 
-
-def register(app: typer.Typer) -> None:
-    app.command(
-        "eval",
-        help="Evaluate a trained run: VAD-parity L2 / collision, nuScenes NDS and mAP, map AP; report and plots.",
-        epilog=_EPILOG,
-    )(_eval)
+    @app.command("eval", help=SUMMARY, epilog=_EPILOG)
+    @with_options(eval_options)
+    def eval_command(cfg: dict) -> None:
+        out = evaluate(EvalConfig(**cfg))
+        typer.echo(f"eval: {out}")
+        typer.echo((out / "metrics.json").read_text().strip())

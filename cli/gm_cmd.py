@@ -16,10 +16,12 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = "The general model (VLM): build the embedded tiny stand-in, describe a checkpoint."
+
 gm_app = typer.Typer(
     name="gm",
     help=(
-        "The general model (VLM): build the embedded tiny stand-in, describe a checkpoint.\n\n"
+        SUMMARY + "\n\n"
         "Examples:\n\n  netroller gm tiny --out work/gm/tiny\n\n  netroller gm info --model work/gm/tiny"
     ),
     no_args_is_help=True,

@@ -1,10 +1,13 @@
-"""`netroller harvest`: run the GM over the index once and write its hidden states to a latent cache."""
+"""`netroller harvest`: run the GM over the index once and write its hidden states to a latent cache.
+
+Every option is a field of HarvestConfig (netroller.stages.harvest), with that field's default and docstring.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+SUMMARY = "Run the GM once over every indexed sample and cache its hidden states (Zarr shards, resumable)."
 
 _EPILOG = """\
 Examples:
@@ -35,126 +38,43 @@ field, unless --overwrite.
 """
 
 
-def _harvest(
-    index: Path = typer.Option(..., "--index", help="Sample index from `netroller prepare` (Parquet)."),
-    out: Path = typer.Option(..., "--out", help="Cache folder to create or resume."),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="GM: local save_pretrained folder or hub id, or a LLaMA-Adapter V2 folder (params.json, "
-        "consolidated.00.pth, tokenizer.model, the adapter .pth, the CLIP .pt; or llama-adapter:DIR) "
-        "(default: the embedded tiny random-weight GM).",
-    ),
-    tokens: int = typer.Option(1, "--tokens", help="T: last prompt token + up to T-1 generated tokens."),
-    layers: str = typer.Option("all", "--layers", help="Layers to capture: all | 0,15,31 | -1."),
-    shard_size: int = typer.Option(
-        16, "--shard-size", help="Samples per shard (the unit of work and resume)."
-    ),
-    workers: int = typer.Option(1, "--workers", help="Ray actors; 0 runs in this process without Ray."),
-    gpus_per_worker: float = typer.Option(
-        0.0, "--gpus-per-worker", help="GPUs per actor (> 0 runs on CUDA)."
-    ),
-    ray_address: str | None = typer.Option(
-        None,
-        "--ray-address",
-        envvar="RAY_ADDRESS",
-        help="Existing Ray cluster (default: a local Ray instance sized for this machine).",
-    ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Samples per GM pass inside a worker [default: 4 on CPU, 8 on CUDA]."
-    ),
-    gm_dtype: str | None = typer.Option(
-        None,
-        "--gm-dtype",
-        help="Precision the GM computes in: bfloat16 | float16 | float32 [default: bfloat16 on CUDA, float32 on CPU].",
-    ),
-    attn_implementation: str = typer.Option(
-        "sdpa",
-        "--attn-implementation",
-        help="GM attention: sdpa | eager | flash_attention_2 (needs flash-attn).",
-    ),
-    channel_order: str | None = typer.Option(
-        None,
-        "--channel-order",
-        help="LLaMA-Adapter GMs: camera images in bgr (the authors' OpenCV order; the default) or rgb.",
-    ),
-    prompt_format: str = typer.Option(
-        "auto",
-        "--prompt-format",
-        help="chat (the processor's chat template, cameras named) | alpaca (the authors' LLaMA-Adapter format) | "
-        "auto (chat when the processor has a template).",
-    ),
-    latents: str = typer.Option(
-        "generated",
-        "--latents",
-        help="generated (the GM answers) | teacher-forced (it reads each sample's DriveLM answer; needs --drivelm).",
-    ),
-    decode: str = typer.Option("greedy", "--decode", help="Generated answers: greedy | sample."),
-    temperature: float = typer.Option(0.1, "--temperature", help="Sampling temperature (the authors' 0.1)."),
-    top_p: float = typer.Option(0.75, "--top-p", help="Sampling nucleus mass in (0, 1] (the authors' 0.75)."),
-    questions: str = typer.Option(
-        "one",
-        "--questions",
-        help="DriveLM questions per sample, one cache row each: one (its first planning question) | per-category "
-        "| all; training draws one per sample per epoch, eval reads the first (needs --drivelm unless one).",
-    ),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Sampling seed; each sample draws from its own generator seeded by it and its token.",
-    ),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Prompt template text (default: the built-in driving question)."
-    ),
-    drivelm: Path | None = typer.Option(None, "--drivelm", help="DriveLM QA JSON with per-sample questions."),
-    splits: str = typer.Option("train,val", "--splits", help="Comma list of index splits to harvest."),
-    dtype: str = typer.Option("float16", "--dtype", help="Cache dtype: float16 | float32 | bfloat16."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache built with other settings."),
-    verify: bool = typer.Option(
-        True,
-        "--verify/--no-verify",
-        help="Re-hash all committed shards first and recompute damaged ones (default); "
-        "--no-verify trusts committed shards after the cheap record-and-size check.",
-    ),
-) -> None:
-    # Imported here so that `netroller --help` and other commands do not pay for torch and transformers.
-    from netroller.stages.harvest import HarvestConfig, harvest
-
-    cfg = HarvestConfig(
-        index=index,
-        out=out,
-        model=model,
-        tokens=tokens,
-        layers=layers,
-        dtype=dtype,  # type: ignore[arg-type]  # HarvestConfig checks it (ConfigError naming the value)
-        prompt=prompt,
-        drivelm=drivelm,
-        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
-        shard_size=shard_size,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        ray_address=ray_address,
-        batch_size=batch_size,
-        gm_dtype=gm_dtype,  # type: ignore[arg-type]  # checked by the GM loader (ConfigError naming it)
-        attn_implementation=attn_implementation,  # type: ignore[arg-type]
-        prompt_format=prompt_format,  # type: ignore[arg-type]
-        channel_order=channel_order,
-        latents=latents,  # type: ignore[arg-type]
-        decode=decode,  # type: ignore[arg-type]
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        questions=questions,  # type: ignore[arg-type]
-        overwrite=overwrite,
-        verify=verify,
-    )
-    path = harvest(cfg)
-    typer.echo(f"cache: {path}")
-
-
 def register(app: typer.Typer) -> None:
-    app.command(
-        "harvest",
-        help="Run the GM once over every indexed sample and cache its hidden states (Zarr shards, resumable).",
-        epilog=_EPILOG,
-    )(_harvest)
+    from netroller.cli.options import Flag, options, with_options
+    from netroller.stages.harvest import DEFAULT_BATCH, HarvestConfig, harvest
+
+    per_device = ", ".join(f"{n} on {device}" for device, n in DEFAULT_BATCH.items())
+    harvest_options = options(
+        HarvestConfig,
+        "index",
+        "out",
+        "model",
+        "tokens",
+        "layers",
+        "shard_size",
+        "workers",
+        "gpus_per_worker",
+        Flag("ray_address", envvar="RAY_ADDRESS"),
+        Flag("batch_size", note=f"Default: {per_device}."),
+        "gm_dtype",
+        "attn_implementation",
+        "channel_order",
+        "prompt_format",
+        "latents",
+        "decode",
+        "temperature",
+        "top_p",
+        Flag("questions", note="Eval reads the first; needs --drivelm unless one."),
+        "seed",
+        "prompt",
+        "drivelm",
+        "splits",
+        "dtype",
+        "overwrite",
+        "verify",
+        name="cfg",
+    )
+
+    @app.command("harvest", help=SUMMARY, epilog=_EPILOG)
+    @with_options(harvest_options)
+    def harvest_command(cfg: dict) -> None:
+        typer.echo(f"cache: {harvest(HarvestConfig(**cfg))}")

@@ -7,8 +7,11 @@ Examples:
     netroller train --index work/index.parquet --out work/runs/baseline
     netroller eval --run work/runs/baseline --index work/index.parquet
 
-Every command module exposes `register(app)`; errors the project raises on purpose
-(`NetrollerError`) become one line on stderr and exit code 2, with the traceback only under `--debug`.
+Every command module exposes `SUMMARY` (its line in `netroller --help`) and `register(app)`, called only
+when that command runs or shows its own help: train, harvest and eval generate their options from config
+dataclasses whose modules import torch, which `netroller --help` and `netroller cache info` need not pay for.
+Errors the project raises on purpose (`NetrollerError`) become one line on stderr and exit code 2, with the
+traceback only under `--debug`.
 """
 
 from __future__ import annotations
@@ -16,25 +19,56 @@ from __future__ import annotations
 import importlib
 import sys
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from netroller.errors import NetrollerError
 
-# Command modules, each with `register(app: typer.Typer) -> None`.
-_COMMAND_MODULES = (
-    "netroller.cli.data_cmd",
-    "netroller.cli.prepare_cmd",
-    "netroller.cli.gm_cmd",
-    "netroller.cli.harvest_cmd",
-    "netroller.cli.cache_cmd",
-    "netroller.cli.vad_cmd",
-    "netroller.cli.train_cmd",
-    "netroller.cli.eval_cmd",
-    "netroller.cli.report_cmd",
-    "netroller.cli.pipeline_cmd",
-)
+# Command name -> its module, in the order `netroller --help` lists them.
+COMMANDS = {
+    "prepare": "netroller.cli.prepare_cmd",
+    "harvest": "netroller.cli.harvest_cmd",
+    "train": "netroller.cli.train_cmd",
+    "eval": "netroller.cli.eval_cmd",
+    "report": "netroller.cli.report_cmd",
+    "pipeline": "netroller.cli.pipeline_cmd",
+    "data": "netroller.cli.data_cmd",
+    "gm": "netroller.cli.gm_cmd",
+    "cache": "netroller.cli.cache_cmd",
+    "vad": "netroller.cli.vad_cmd",
+}
+
+
+class _Commands(TyperGroup):
+    """The root group: a command is registered (its options built) only when it is the one invoked; the
+    root help lists each command's SUMMARY."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name])
+        if self._listing:
+            return click.Command(name, short_help=module.SUMMARY)
+        sub = typer.Typer()
+        module.register(sub)
+        return typer.main.get_group(sub).get_command(ctx, name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="netroller",
     help="NetRoller: harvest a VLM's hidden states once into a verified cache, then train and evaluate VAD + the NetRoller adapter from it.",
     epilog=(
@@ -62,10 +96,6 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
 ) -> None:
     _state["debug"] = debug
-
-
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = (
+    "Run synth -> prepare -> harvest -> train (baseline + NetRoller) -> eval -> report, skipping done steps."
+)
+
 _EPILOG = """\
 Examples:
 
@@ -36,6 +40,6 @@ def _pipeline(
 def register(app: typer.Typer) -> None:
     app.command(
         "pipeline",
-        help="Run synth -> prepare -> harvest -> train (baseline + NetRoller) -> eval -> report, skipping done steps.",
+        help=SUMMARY,
         epilog=_EPILOG,
     )(_pipeline)

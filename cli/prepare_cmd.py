@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = "Index every nuScenes keyframe sample (VAD conventions) into one Parquet file for the later stages."
+
 _EPILOG = """\
 Examples:
 
@@ -37,6 +39,6 @@ def _prepare(
 def register(app: typer.Typer) -> None:
     app.command(
         "prepare",
-        help="Index every nuScenes keyframe sample (VAD conventions) into one Parquet file for the later stages.",
+        help=SUMMARY,
         epilog=_EPILOG,
     )(_prepare)

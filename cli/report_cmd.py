@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = "Compare runs: baseline, NetRoller variants, controls and lags in one Markdown table."
+
 _EPILOG = """\
 Examples:
 
@@ -31,6 +33,6 @@ def _report(
 def register(app: typer.Typer) -> None:
     app.command(
         "report",
-        help="Compare runs: baseline, NetRoller variants, controls and lags in one Markdown table.",
+        help=SUMMARY,
         epilog=_EPILOG,
     )(_report)

@@ -4,15 +4,17 @@ Without --cache / --online this is baseline VAD training (netroller.stages.train
 NetRoller fine-tune (netroller.stages.finetune), which starts from --init and uses the authors' c1 recipe
 unless options override it. `--num-workers N` trains data-parallel in N processes (netroller.distributed.ddp):
 one per GPU with `--device cuda`, or CPU processes; `--batch-size` is the global batch, split among them.
+Every option is a field of TrainConfig or NetRollerConfig, with that field's default and docstring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
 
-from netroller.models.vad.config import RECIPES
+SUMMARY = "Train VAD, or fine-tune it with the NetRoller adapter reading GM latents (--cache / --online)."
 
 _EPILOG = """\
 Examples:
@@ -39,167 +41,114 @@ Examples:
 """
 
 
+def _c1_note(field: str) -> str:
+    """What an option that the NetRoller recipe changes gives in each mode."""
+    from netroller.stages.finetune import finetune_c1
+    from netroller.stages.train import TrainConfig
+
+    base = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+    c1 = getattr(finetune_c1(index=Path("index"), out=Path("run")), field)
+    return f"Default {base}; NetRoller runs (finetune_c1) {c1}."
+
+
 def register(app: typer.Typer) -> None:
+    from netroller.cli.options import Flag, options, with_options
+    from netroller.models.vad.config import RECIPES
+    from netroller.stages.finetune import AUTHORS_RECIPES, NetRollerConfig
+    from netroller.stages.train import TrainConfig, default_loader_workers
+
+    train_options = options(
+        TrainConfig,
+        "index",
+        "out",
+        Flag("recipe", note=f"One of {', '.join(RECIPES)}."),
+        Flag("epochs", unset=True, note=_c1_note("epochs")),
+        "batch_size",
+        Flag("workers", "--num-workers", note="Spawned on this machine; under torchrun, leave it out."),
+        Flag("num_workers", "--loader-workers", note=f"This machine: {default_loader_workers()}."),
+        Flag("lr", unset=True, note=_c1_note("lr")),
+        "accumulate",
+        "seed",
+        "resume",
+        "max_samples",
+        "device",
+        "dataroot",
+        name="train",
+    )
+    netroller_options = options(
+        NetRollerConfig,
+        "cache",
+        "init",
+        "mode",
+        "shift",
+        "latent_lag",
+        "lag_policy",
+        "freeze_sm",
+        "layers_used",
+        "layer_embedding",
+        "skip_damaged",
+        name="netroller",
+        panel="NetRoller (with --cache or --online)",
+    )
+    online_options = options(
+        NetRollerConfig,
+        "online",
+        "model",
+        "tokens",
+        "layers",
+        "prompt",
+        "drivelm",
+        "prompt_format",
+        "latents",
+        name="online",
+        panel="NetRoller --online: the GM in the loop",
+    )
+
     @app.command("train", epilog=_EPILOG)
+    @with_options(train_options, netroller_options, online_options)
     def train_command(
-        index: Path = typer.Option(
-            ..., "--index", help="Sample index (Parquet) written by `netroller prepare`."
-        ),
-        out: Path = typer.Option(..., "--out", help="Run dir (checkpoints, configs, metrics.jsonl)."),
-        recipe: str = typer.Option("debug", "--recipe", help=f"VAD recipe: {', '.join(RECIPES)}."),
-        epochs: int | None = typer.Option(
-            None, "--epochs", help="Total epochs (with --resume, the total to reach). Default 1; NetRoller 5."
-        ),
-        batch_size: int = typer.Option(
-            2, "--batch-size", help="Samples per step (the global batch, split among --num-workers)."
-        ),
-        num_workers: int = typer.Option(
-            1,
-            "--num-workers",
-            help="Data-parallel training processes: one per GPU with --device cuda, else CPU processes.",
-        ),
-        lr: float | None = typer.Option(
-            None, "--lr", help="Peak AdamW learning rate (backbone x0.1). Default 2e-4; NetRoller 3.125e-5."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed of init, dropout and data order."),
-        resume: bool = typer.Option(
-            False, "--resume", help="Continue the run in --out after its last epoch."
-        ),
-        max_samples: int | None = typer.Option(None, "--max-samples", help="Use only the first N samples."),
-        device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
-        dataroot: Path | None = typer.Option(None, "--dataroot", help="Override the index's dataroot."),
-        cache: Path | None = typer.Option(
-            None, "--cache", help="NetRoller: latent cache from `netroller harvest` (the GM is not loaded)."
-        ),
-        init: Path | None = typer.Option(
-            None, "--init", help="NetRoller: baseline run dir (or .safetensors)."
-        ),
-        mode: str = typer.Option("bias", "--mode", help="NetRoller: bias (1 roller vector) | tf (8 tokens)."),
-        shift: str = typer.Option(
-            "query",
-            "--shift",
-            help="NetRoller: query (BEV queries, before the encoder) | feature (after it).",
-        ),
-        latent_lag: int = typer.Option(
-            0, "--latent-lag", help="NetRoller: feed the GM latents of N keyframes earlier in the same scene."
-        ),
-        freeze_sm: bool = typer.Option(False, "--freeze-sm", help="NetRoller: train the adapter only."),
-        layers_used: str = typer.Option(
-            "all", "--layers-used", help="NetRoller: GM layers fed to the adapter: all | -1 | 0,15,31."
-        ),
-        no_layer_embedding: bool = typer.Option(
-            False, "--no-layer-embedding", help="NetRoller ablation: no positional layer embedding."
-        ),
-        online: bool = typer.Option(
-            False, "--online", help="NetRoller: run the GM in the loop instead of --cache."
-        ),
-        model: str | None = typer.Option(
-            None, "--model", help="--online: GM path (default: the tiny stand-in)."
-        ),
-        tokens: int = typer.Option(1, "--tokens", help="--online: T positions per sample."),
-        layers: str = typer.Option("all", "--layers", help="--online: GM layers captured."),
-        prompt: str | None = typer.Option(None, "--prompt", help="--online: question template."),
-        drivelm: Path | None = typer.Option(None, "--drivelm", help="--online: DriveLM QA JSON."),
-        prompt_format: str = typer.Option(
-            "auto", "--prompt-format", help="--online: chat | alpaca | auto, as `harvest --prompt-format`."
-        ),
-        latents: str = typer.Option(
-            "generated", "--latents", help="--online: generated | teacher-forced (needs --drivelm)."
-        ),
-        skip_damaged: bool = typer.Option(
-            False,
-            "--skip-damaged",
-            help="--cache: check every sample's checksum first and train without the damaged ones "
-            "(counted) instead of stopping at the first.",
-        ),
-        accumulate: int = typer.Option(
-            1,
-            "--accumulate",
-            help="Micro-batches per optimizer step (gradient accumulation, exact: the step of one batch of "
-            "--batch-size).",
-        ),
-        lag_policy: str = typer.Option(
-            "exact",
-            "--lag-policy",
-            help="NetRoller: exact (the keyframe --latent-lag earlier) | annotated (the latest DriveLM-annotated "
-            "keyframe at least --latent-lag earlier, the authors' rule).",
-        ),
+        train: dict,
+        netroller: dict,
+        online: dict,
         authors: str | None = typer.Option(
             None,
             "--authors",
-            help="NetRoller: one of the authors' configurations (c1 | c2 | c3 | c4 | frozen-bias | "
-            "frozen-bias-le | frozen-tf): adapter, lag, schedule and their effective batch of 64 for "
-            "--num-workers; --mode/--shift/--batch-size/--latent-lag are then the recipe's.",
+            help=f"One of the authors' configurations ({' | '.join(AUTHORS_RECIPES)}): adapter, lag, schedule "
+            "and their effective batch of 64 for --num-workers; --mode/--shift/--batch-size/--latent-lag are "
+            "then the recipe's. Needs --cache.",
+            rich_help_panel="NetRoller (with --cache or --online)",
         ),
     ) -> None:
         """Train VAD, or fine-tune it with the NetRoller adapter reading GM latents (--cache / --online)."""
-        from netroller.stages.train import TrainConfig, train
+        from netroller.distributed.ddp import launch
+        from netroller.stages.finetune import authors_recipe, finetune, finetune_c1
+        from netroller.stages.train import train as train_vad
 
-        common = dict(
-            index=index,
-            out=out,
-            recipe=recipe,
-            batch_size=batch_size,
-            seed=seed,
-            resume=resume,
-            max_samples=max_samples,
-            device=device,
-            dataroot=dataroot,
-            workers=num_workers,
-            accumulate=accumulate,
-        )
-        if epochs is not None:
-            common["epochs"] = epochs
-        if lr is not None:
-            common["lr"] = lr
-        if cache is None and not online:
-            run = train(TrainConfig(**common))
-        elif authors is not None:
-            from netroller.stages.finetune import authors_recipe, finetune
-
-            if cache is None:
-                raise typer.BadParameter("--authors needs --cache", param_hint="--authors")
-            keep = {
-                k: v
-                for k, v in common.items()
-                if k not in ("index", "out", "batch_size", "workers", "accumulate")
-            }
-            f = authors_recipe(authors, index, out, cache=cache, init=init, workers=num_workers, **keep)
-            if f.train.workers > 1:
-                from netroller.distributed.ddp import launch
-
-                run = launch(finetune, (f.train, f.netroller), workers=f.train.workers, device=f.train.device)
-            else:
-                run = finetune(f.train, f.netroller)
+        if netroller["cache"] is None and not online["online"]:
+            run = train_vad(TrainConfig(**train))
         else:
-            from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1
-
-            nr = NetRollerConfig(
-                cache=cache,
-                init=init,
-                mode=mode,
-                shift=shift,
-                latent_lag=latent_lag,
-                lag_policy=lag_policy,
-                freeze_sm=freeze_sm,
-                layers_used=layers_used,
-                layer_embedding=not no_layer_embedding,
-                online=online,
-                model=model,
-                tokens=tokens,
-                layers=layers,
-                prompt=prompt,
-                drivelm=drivelm,
-                prompt_format=prompt_format,
-                latents=latents,
-                skip_damaged=skip_damaged,
-            )
-            cfg = finetune_c1(**common)
-            if cfg.workers > 1:
-                from netroller.distributed.ddp import launch
-
-                # Each worker builds its own adapter, latent reader and hooks from the two configs.
-                run = launch(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)
+            if authors is None:
+                nr = NetRollerConfig(**netroller, **online)
+                cfg = finetune_c1(**train)
+            elif netroller["cache"] is None:
+                raise typer.BadParameter("--authors needs --cache", param_hint="--authors")
             else:
-                run = finetune(cfg, nr)
+                fixed = ("index", "out", "batch_size", "workers", "accumulate")  # the recipe's
+                keep = {k: v for k, v in train.items() if k not in fixed}
+                recipe = authors_recipe(
+                    authors,
+                    train["index"],
+                    train["out"],
+                    cache=netroller["cache"],
+                    init=netroller["init"],
+                    workers=train["workers"],
+                    **keep,
+                )
+                cfg, nr = recipe.train, recipe.netroller
+            # Each worker builds its own adapter, latent reader and hooks from the two configs.
+            run = (
+                launch(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)
+                if cfg.workers > 1
+                else finetune(cfg, nr)
+            )
         typer.echo(f"run: {run}")

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import typer
 
+SUMMARY = "The specialized model (VAD): import the released checkpoints."
+
 vad_app = typer.Typer(
     name="vad",
     help=(
-        "The specialized model (VAD): import the released checkpoints.\n\n"
+        SUMMARY + "\n\n"
         "Example:\n\n  netroller vad import VAD_tiny.pth --recipe vad-tiny --out work/runs/vad-tiny"
     ),
     no_args_is_help=True,

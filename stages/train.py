@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -74,13 +75,13 @@ class TrainConfig:
     index: Path
     """The sample index (Parquet) written by `prepare`."""
     out: Path
-    """The run dir."""
+    """The run dir (configs, checkpoints, metrics.jsonl)."""
     recipe: str = "debug"
-    """VAD recipe name (see netroller.models.vad.config.RECIPES)."""
+    """VAD recipe (a function of netroller.models.vad.config)."""
     epochs: int = 1
     """Total epochs (with --resume: the total to reach, not how many more)."""
     batch_size: int = 2
-    """Samples per step: the global batch, split evenly among `workers`."""
+    """Samples per step: the global batch, split evenly among the data-parallel processes."""
     lr: float = 2e-4
     """Peak AdamW learning rate (the backbone gets lr * backbone_lr_mult)."""
     backbone_lr_mult: float = 0.1
@@ -107,17 +108,18 @@ class TrainConfig:
     seed: int = 0
     """Seeds model init, dropout and the data order (epoch e shuffles with seed and e)."""
     device: str = "cpu"
-    """torch device string."""
+    """torch device: cpu, or cuda (data-parallel processes each take their own GPU)."""
     resume: bool = False
-    """Continue the run in `out` after its last finished epoch."""
+    """Continue the run dir after its last finished epoch."""
     max_samples: int | None = None
     """Use only the first N samples of the split (quick runs)."""
     split: str = "train"
     """Index split to train on."""
     dataroot: Path | None = None
     """Override the dataroot stored in the index."""
-    num_workers: int = 0
-    """DataLoader worker processes (per training worker)."""
+    num_workers: int | None = None
+    """DataLoader processes per training process, decoding the camera images beside the training step; by
+    default (None) the spare cores: min(4, CPUs per training process - 1), 0 on a 1-core machine."""
     workers: int = 1
     """Data-parallel training processes (one per GPU, or CPU processes); each takes batch_size / workers."""
     log_every: int = 1
@@ -132,7 +134,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "num_workers"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
@@ -242,6 +244,17 @@ def _epoch_lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float
     return regular
 
 
+def default_loader_workers(processes: int = 1) -> int:
+    """DataLoader processes per training process when not given: the cores this process's share of the
+    machine has beside its own, at most 4 (`processes`: training processes on this machine)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus // max(1, processes) - 1))
+
+
+def loader_workers(cfg: TrainConfig, processes: int = 1) -> int:
+    return cfg.num_workers if cfg.num_workers is not None else default_loader_workers(processes)
+
+
 def epoch_loader(
     dataset: Dataset, cfg: TrainConfig, epoch: int, collate_fn: Callable, group: WorkerGroup | None = None
 ) -> tuple[DataLoader, list[float], list[int]]:
@@ -257,7 +270,7 @@ def epoch_loader(
         dataset,
         batch_sampler=[s for s, _ in shares],
         collate_fn=collate_fn,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg, group.size if group is not None else 1),
         # Loader workers' base seed from the epoch's generator, not the global stream dropout draws from.
         generator=epoch_generator(cfg.seed, epoch),
     )
@@ -456,13 +469,16 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
             bar = tqdm(
                 steps, total=len(sizes), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not main
             )
+            t_prev = time.perf_counter()
             for i, micro in enumerate(bar):
-                t0 = time.perf_counter()
+                t_batch = time.perf_counter()
                 micro = [b.to(device) for b in micro]
                 w = weights[i * n : (i + 1) * n]
                 result = train_step(model, micro, optimizer, scheduler, cfg, hooks, group, w)
                 samples = sizes[i]
-                rate = samples / (time.perf_counter() - t0)
+                # From the previous step's end: the wait for its batches counts (what loader processes save).
+                now = time.perf_counter()
+                rate, data_s, t_prev = samples / (now - t_prev), t_batch - t_prev, now
                 step = (epoch - 1) * steps_per_epoch + i + 1
                 for k, v in result.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -476,6 +492,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
                             "step": step,
                             "lr": lr,
                             "samples_per_s": rate,
+                            "data_s": data_s,
                             **result,
                         },
                         step,

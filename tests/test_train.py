@@ -207,3 +207,11 @@ def test_the_epoch_schedule_is_mmcvs_cosine_annealing_with_warmup_by_epoch(vad_i
 def test_accumulation_that_does_not_divide_the_batch_is_refused(vad_index, tmp_path):
     with pytest.raises(ConfigError, match="batch_size 6 does not divide into workers=1 x accumulate=4"):
         config(vad_index, tmp_path, batch_size=6, accumulate=4)
+
+
+def test_loader_processes_do_not_change_the_losses(vad_index, tmp_path):
+    """Every sample's random draws depend on (seed, epoch, sample) only, so decoding in 2 loader processes
+    gives the one-process run bit for bit."""
+    runs = [train(config(vad_index, tmp_path / f"w{n}", num_workers=n, epochs=2)) for n in (0, 2)]
+    a, b = (read_metrics(r, "step") for r in runs)
+    assert [(r["total"], r["grad_norm"]) for r in a] == [(r["total"], r["grad_norm"]) for r in b]
