@@ -4,7 +4,10 @@ Without --cache / --online this is baseline VAD training (netroller.stages.train
 NetRoller fine-tune (netroller.stages.finetune), which starts from --init and uses the authors' c1 recipe
 unless options override it. `--num-workers N` trains data-parallel in N processes (netroller.distributed.ddp):
 one per GPU with `--device cuda`, or CPU processes; `--batch-size` is the global batch, split among them.
-Every option is a field of TrainConfig or NetRollerConfig, with that field's default and docstring.
+Started by torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each
+process joins the launcher's group instead, across nodes; --num-workers is then refused.
+Every option but --authors (a recipe that builds both configs) is a field of TrainConfig or NetRollerConfig,
+with that field's default and docstring.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ Examples:
   # the same on 4 GPUs, data-parallel: global batch 8, 2 samples per GPU
   netroller train --index work/index.parquet --out work/runs/baseline --batch-size 8 \\
       --device cuda --num-workers 4
+\b
+  # the same launched by torchrun, 2 nodes x 8 GPUs (run on each node with its --node-rank)
+  torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --master-addr node0 --master-port 29500 \\
+      -m netroller.cli.main train --index work/index.parquet --out work/runs/baseline --batch-size 16 \\
+      --device cuda
 \b
   # NetRoller: Bias mode + Query Shift from a baseline run, latents from the cache (no GM loaded)
   netroller train --index work/index.parquet --cache work/cache --init work/runs/baseline \\
@@ -120,12 +128,15 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train VAD, or fine-tune it with the NetRoller adapter reading GM latents (--cache / --online)."""
-        from netroller.distributed.ddp import launch
+        from netroller.distributed.ddp import is_main_process, run_stage, world_size
         from netroller.stages.finetune import authors_recipe, finetune, finetune_c1
         from netroller.stages.train import train as train_vad
 
+        # Under torchrun the launcher's processes are the workers; otherwise --num-workers spawns them.
+        train["workers"] = world_size(train.get("workers", 1))
         if netroller["cache"] is None and not online["online"]:
-            run = train_vad(TrainConfig(**train))
+            cfg = TrainConfig(**train)
+            run = run_stage(train_vad, (cfg,), workers=cfg.workers, device=cfg.device)
         else:
             if authors is None:
                 nr = NetRollerConfig(**netroller, **online)
@@ -146,9 +157,6 @@ def register(app: typer.Typer) -> None:
                 )
                 cfg, nr = recipe.train, recipe.netroller
             # Each worker builds its own adapter, latent reader and hooks from the two configs.
-            run = (
-                launch(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)
-                if cfg.workers > 1
-                else finetune(cfg, nr)
-            )
-        typer.echo(f"run: {run}")
+            run = run_stage(finetune, (cfg, nr), workers=cfg.workers, device=cfg.device)
+        if is_main_process():
+            typer.echo(f"run: {run}")

@@ -1,13 +1,21 @@
-"""Data-parallel training on one machine: N worker processes, one process group.
+"""Data-parallel training: N processes in one process group, spawned here on one machine or started by a
+launcher (torchrun, srun + torchrun) across nodes.
 
     netroller train --index work/index.parquet --out work/runs/baseline --batch-size 8 --num-workers 4
     netroller train ... --device cuda --num-workers 8        # one process per GPU, rank r on cuda:r (NCCL)
+    torchrun --nnodes 2 --nproc-per-node 8 ... -m netroller.cli.main train ... --device cuda
 
-The only module that knows about process groups and launching. `launch(stage, args, workers=N, ...)` spawns
-N processes (torch.multiprocessing, start method "spawn": nothing unpicklable crosses, and CUDA is never
-initialised before the fork), joins them through a file store in a fresh temp dir (no port to pick or
-collide on), calls `stage(*args)` in each, and returns rank 0's result. Inside a worker `current_group()`
-gives the `WorkerGroup` the training loop uses; outside it is None and training runs as one process.
+The only module that knows about process groups and launching. `run_stage(stage, args, workers=N, ...)`
+runs a stage the way this process was started:
+- by a launcher, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (`Launched.from_env`):
+  this process joins that group (init_method env://), on cuda:LOCAL_RANK with NCCL or on the CPU with gloo,
+  and runs `stage(*args)` itself; asking for spawned workers as well is refused;
+- with `workers` > 1: `launch` spawns N processes (torch.multiprocessing, start method "spawn": nothing
+  unpicklable crosses, and CUDA is never initialised before the fork), joins them through a file store in
+  a fresh temp dir (no port to pick or collide on), calls `stage(*args)` in each, returns rank 0's result;
+- else `stage(*args)` here.
+Inside a group `current_group()` gives the `WorkerGroup` the training loop uses; outside it is None and
+training runs as one process. Ranks other than 0 print nothing on stdout.
 
 Why not Ray Train: one more scheduler on top of the same process group, heavier to start on small machines,
 and the harvest is already where Ray belongs (style rule 4: Ray only at the edges).
@@ -18,6 +26,7 @@ statistics a 2-worker run would not equal a 1-worker one (the backbone's BatchNo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -25,7 +34,7 @@ import pickle
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -53,6 +62,8 @@ class WorkerGroup:
     rank: int
     size: int
     device: torch.device
+    local_size: int
+    """Processes of the group on this machine (they share its cores)."""
 
     @property
     def is_main(self) -> bool:
@@ -145,11 +156,139 @@ def worker_devices(device: str, workers: int) -> list[str]:
 
 
 def default_threads(workers: int) -> int:
-    """Torch threads per worker: OMP_NUM_THREADS if set, else this process's CPUs shared out evenly."""
+    """Torch threads per worker: OMP_NUM_THREADS if set, else this process's CPUs shared out evenly among
+    the `workers` processes on this machine."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // workers)
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Launched:
+    """This process's place in a group a launcher started, from the variables torchrun sets (any launcher
+    that sets them works: srun + torchrun, a cluster's job runner)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    """LOCAL_WORLD_SIZE (torchrun sets it); WORLD_SIZE when absent, so that threads are never oversubscribed."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Launched | None:
+        """None when no launcher started this process (none of RANK, WORLD_SIZE, LOCAL_RANK set);
+        ConfigError naming a missing or malformed variable."""
+        if not any(name in environ for name in LAUNCHER_VARIABLES[:3]):
+            return None
+        missing = [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+        if missing:
+            raise ConfigError(
+                f"a launcher set {', '.join(n for n in LAUNCHER_VARIABLES if environ.get(n))} but not "
+                f"{', '.join(missing)}: start training with torchrun (or set all of {', '.join(LAUNCHER_VARIABLES)})"
+            )
+        values = {}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            text = environ.get(name, environ["WORLD_SIZE"] if name == "LOCAL_WORLD_SIZE" else "")
+            if not text.isdigit():
+                raise ConfigError(f"the launcher's {name} must be a non-negative integer, got {text!r}")
+            values[name] = int(text)
+        if not values["RANK"] < values["WORLD_SIZE"] or not values["LOCAL_RANK"] < values["LOCAL_WORLD_SIZE"]:
+            raise ConfigError(
+                f"the launcher's RANK {values['RANK']} / LOCAL_RANK {values['LOCAL_RANK']} do not fit "
+                f"WORLD_SIZE {values['WORLD_SIZE']} / LOCAL_WORLD_SIZE {values['LOCAL_WORLD_SIZE']}"
+            )
+        return cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], values["LOCAL_WORLD_SIZE"])
+
+    def device(self, device: str) -> torch.device:
+        """cuda:LOCAL_RANK for any CUDA device string (one process per GPU), else the CPU."""
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if kind == "cpu":
+            return torch.device("cpu")
+        if kind != "cuda":
+            raise ConfigError(
+                f"a launched process group runs on cpu or cuda devices, got --device {device!r}"
+            )
+        available = torch.cuda.device_count()
+        if self.local_rank >= available:
+            raise ConfigError(
+                f"LOCAL_RANK {self.local_rank} needs GPU {self.local_rank}, this machine has {available}: "
+                "start at most one process per GPU (torchrun --nproc-per-node)"
+            )
+        return torch.device(f"cuda:{self.local_rank}")
+
+
+def world_size(workers: int) -> int:
+    """The data-parallel process count of a run asking for `workers` spawned processes: the launcher's
+    WORLD_SIZE when one started this process (ConfigError if spawned workers were asked for too)."""
+    launched = Launched.from_env()
+    if launched is None:
+        return workers
+    if workers > 1:
+        raise ConfigError(
+            f"--num-workers {workers} spawns processes on this machine, but a launcher started this one "
+            f"(RANK {launched.rank} of WORLD_SIZE {launched.world_size}): leave --num-workers out, the "
+            "launcher sets the processes (torchrun --nnodes / --nproc-per-node)"
+        )
+    return launched.world_size
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the launcher's group, or no launcher (where this process is the run)."""
+    launched = Launched.from_env()
+    return launched is None or launched.rank == 0
+
+
+def run_stage(stage: Callable[..., Any], args: tuple, *, workers: int, device: str = "cpu") -> Any:
+    """`stage(*args)` as this process was started: in the launcher's group, in `workers` spawned
+    processes (rank 0's result), or here. The stage's config must already count the group's processes
+    (`world_size`)."""
+    launched = Launched.from_env()
+    if launched is None:
+        return launch(stage, args, workers=workers, device=device) if workers > 1 else stage(*args)
+    if workers not in (1, launched.world_size):
+        world_size(workers)  # raises, naming both
+    torch.set_num_threads(default_threads(launched.local_world_size))
+    with _joined(
+        launched.rank, launched.world_size, launched.local_world_size, launched.device(device), "env://"
+    ):
+        return stage(*args)
+
+
+@contextlib.contextmanager
+def _joined(
+    rank: int,
+    size: int,
+    local_size: int,
+    device: torch.device,
+    init_method: str,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> Iterator[WorkerGroup]:
+    """This process as `rank` of a process group (NCCL on CUDA, else gloo), for the duration."""
+    global _GROUP
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size, timeout=timeout)
+    _GROUP = WorkerGroup(rank=rank, size=size, device=device, local_size=local_size)
+    stdout = sys.stdout
+    if rank != 0:
+        # Every rank runs the same stage; one copy of its printed lines is enough.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (closed on the way out)
+    try:
+        yield _GROUP
+    finally:
+        if rank != 0:
+            sys.stdout.close()
+            sys.stdout = stdout
+        _GROUP = None
+        dist.destroy_process_group()
 
 
 def launch(
@@ -226,32 +365,18 @@ def _worker(
     args: tuple,
 ) -> None:
     """One spawned worker: join the group, run the stage, leave its result or error for the parent."""
-    global _GROUP
     torch.set_num_threads(threads)
-    device = torch.device(devices[rank])
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(
-        backend, init_method=f"file://{tmp}/store", rank=rank, world_size=workers, timeout=timeout
-    )
-    _GROUP = WorkerGroup(rank=rank, size=workers, device=device)
-    if rank != 0:
-        # Every rank runs the same stage; one copy of its printed lines is enough.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     result = Path(tmp) / f"rank{rank}.pkl"
-    try:
-        out = stage(*args)
-        write_bytes_atomic(result, pickle.dumps(("ok", out if rank == 0 else None)))
-    except Exception as err:
-        cls = type(err)
-        if not isinstance(err, NetrollerError):
-            cls, err = WorkerError, f"data-parallel worker {rank} failed: {cls.__name__}: {err}"
-        write_bytes_atomic(result, pickle.dumps(("error", cls.__module__, cls.__qualname__, str(err))))
-        raise
-    finally:
-        _GROUP = None
-        dist.destroy_process_group()
+    with _joined(rank, workers, workers, torch.device(devices[rank]), f"file://{tmp}/store", timeout):
+        try:
+            out = stage(*args)
+            write_bytes_atomic(result, pickle.dumps(("ok", out if rank == 0 else None)))
+        except Exception as err:
+            cls = type(err)
+            if not isinstance(err, NetrollerError):
+                cls, err = WorkerError, f"data-parallel worker {rank} failed: {cls.__name__}: {err}"
+            write_bytes_atomic(result, pickle.dumps(("error", cls.__module__, cls.__qualname__, str(err))))
+            raise
 
 
 class _AllReduceSum(torch.autograd.Function):

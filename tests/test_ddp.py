@@ -1,4 +1,5 @@
-"""Data-parallel training: batch split, loss shares, 2 workers vs 1, the adapter, resume, the CLI.
+"""Data-parallel training: batch split, loss shares, 2 workers vs 1 (spawned, and launched by torchrun), the
+adapter, resume, the CLI.
 
 Tolerances of the 2-vs-1 comparison: at random init VAD's per-sample Hungarian matching has near-ties
 (alternative assignments within ~1e-6 of cost), so any change in float summation order flips a few matches.
@@ -11,7 +12,10 @@ moves the step loss by 1.8e-2 and the gradient norm by 8e-3: the bounds below si
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from safetensors.torch import load_file
 
 from netroller.cli.main import main
 from netroller.data.dataset import collate
+from netroller.distributed.ddp import LAUNCHER_VARIABLES, Launched
 from netroller.errors import ConfigError
 from netroller.models.vad.config import recipe
 from netroller.models.vad.detector import VAD
@@ -151,3 +156,76 @@ def test_cli_fine_tune_trains_the_adapter_on_two_workers(index_path, tiny_cache,
     assert any(k.startswith("hook.netroller.") for k in weights)
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in lines] == ["run", "step", "step", "epoch"]  # rank 0 alone logs
+
+
+# ---- launched by torchrun -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(index_path, tmp_path_factory):
+    """The `runs` epoch as `torchrun --standalone --nproc-per-node 2 -m netroller.cli.main train ...`."""
+    out = tmp_path_factory.mktemp("torchrun") / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [
+        "-m",
+        "netroller.cli.main",
+        "train",
+        "--index",
+        str(index_path),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+    ]
+    cmd += ["--batch-size", str(BATCH), "--max-samples", str(SAMPLES)]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    proc = subprocess.run(
+        cmd, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
+    return out, proc
+
+
+def test_torchrun_processes_join_one_group_and_log_the_one_worker_losses(runs, torchrun_run):
+    out, proc = torchrun_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run: ") == 1  # rank 0 alone speaks
+    assert json.loads((out / "train_config.json").read_text())["workers"] == 2
+    one, two = read_metrics(runs["one"], "step"), read_metrics(out, "step")
+    assert [r["total"] for r in two] == pytest.approx([r["total"] for r in one], rel=1e-3)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=2e-4)
+
+
+LAUNCHED = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+
+
+def test_num_workers_under_a_launcher_is_refused_in_one_line(index_path, tmp_path, monkeypatch, capsys):
+    for name, value in LAUNCHED.items():
+        monkeypatch.setenv(name, value)
+    args = ["train", "--index", str(index_path), "--out", str(tmp_path / "x"), "--num-workers", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--num-workers 2 spawns processes on this machine, but a launcher started this one" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_launcher_variables_are_read_and_checked():
+    assert Launched.from_env({}) is None
+    got = Launched.from_env(LAUNCHED | {"RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert got == Launched(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert Launched.from_env(LAUNCHED).local_world_size == 2  # no LOCAL_WORLD_SIZE: the world size
+    with pytest.raises(ConfigError, match="but not MASTER_ADDR, MASTER_PORT: start training with torchrun"):
+        Launched.from_env({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be a non-negative integer, got 'two'"):
+        Launched.from_env(LAUNCHED | {"WORLD_SIZE": "two"})
+    with pytest.raises(ConfigError, match="RANK 2 / LOCAL_RANK 0 do not fit WORLD_SIZE 2"):
+        Launched.from_env(LAUNCHED | {"RANK": "2"})
+
+
+def test_a_launched_rank_takes_the_gpu_of_its_local_rank():
+    launched = Launched(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    assert launched.device("cpu") == torch.device("cpu")
+    if torch.cuda.device_count() > 1:
+        assert launched.device("cuda") == torch.device("cuda:1")
+    else:
+        with pytest.raises(ConfigError, match="LOCAL_RANK 1 needs GPU 1, this machine has"):
+            launched.device("cuda")
