@@ -407,16 +407,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> Path:
     trains as its rank, `cfg.workers` left at 1 (it becomes the world size).
     """
     group = current_group()
-    if group is None and Launched.from_env() is not None:
-        cfg = dataclasses.replace(cfg, workers=world_size(cfg.workers))
-        return run_stage(train, (cfg, hooks), workers=cfg.workers, device=cfg.device)
-    if cfg.workers > 1 and group is None:
-        if hooks is not None:
-            raise ConfigError(
-                f"TrainConfig.workers={cfg.workers} with TrainHooks: launch the stage that builds the hooks "
-                "in every worker with netroller.distributed.ddp.run_stage (as `netroller train --num-workers` does)"
-            )
-        return launch(train, (cfg,), workers=cfg.workers, device=cfg.device)
+    if group is None and (cfg.workers > 1 or Launched.from_env() is not None):
+        return _train_in_group(cfg, hooks)
     if group is not None and group.size != cfg.workers:
         raise ConfigError(f"TrainConfig.workers is {cfg.workers}, but {group.size} worker processes run it")
     main = group is None or group.is_main
@@ -549,6 +541,20 @@ def _grouped(batches: Iterator[Batch], n: int) -> Iterator[list[Batch]]:
     """Consecutive groups of n micro-batches: one optimizer step each."""
     while group := list(itertools.islice(batches, n)):
         yield group
+
+
+def _train_in_group(cfg: TrainConfig, hooks: TrainHooks | None) -> Path:
+    """`train` in the process group of a launcher that started this process, or in `cfg.workers` spawned
+    processes (without hooks: they hold closures, which do not travel to other processes)."""
+    if Launched.from_env() is not None:
+        cfg = dataclasses.replace(cfg, workers=world_size(cfg.workers))
+        return run_stage(train, (cfg, hooks), workers=cfg.workers, device=cfg.device)
+    if hooks is not None:
+        raise ConfigError(
+            f"TrainConfig.workers={cfg.workers} with TrainHooks: launch the stage that builds the hooks "
+            "in every worker with netroller.distributed.ddp.run_stage (as `netroller train --num-workers` does)"
+        )
+    return launch(train, (cfg,), workers=cfg.workers, device=cfg.device)
 
 
 def load_run(run: Path, *, device: str = "cpu") -> tuple[VAD, VADConfig, TrainConfig | None]:
