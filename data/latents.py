@@ -182,8 +182,8 @@ class OnlineLatents:
         return bool(self.prompts.items_for(token))
 
     def get(self, tokens: Sequence[str | None], questions: Sequence[int]) -> LatentInputs:
+        from netroller.data.cameras import load_camera_images
         from netroller.models.gm.capture import Query
-        from netroller.stages.harvest import load_camera_images
 
         n_layers = len(self.capturer.layers)
         t_max = self.capturer.tokens
