@@ -35,7 +35,12 @@ CAMERA_DIRECTION = {
     "CAM_BACK_LEFT": "back left",
     "CAM_BACK_RIGHT": "back right",
 }
+# Bump when the questions or answers change (`make pipeline` regenerates the data then). 2: FUTURE_QUESTION.
+QA_VERSION = 2
 MAX_KEY_OBJECTS = 3
+FUTURE_QUESTION = "Where will the ego vehicle drive in the next 3 seconds?"
+"""The planning question whose answer states the ego's ground-truth future (`_future_answer`): privileged
+information that the pipeline's positive control teacher-forces the GM on."""
 MIN_VISIBLE_PX = 40
 FUTURE_STEPS = 6  # 3 s
 
@@ -100,6 +105,21 @@ def _behaviour(sc: Scenario, t: float) -> tuple[str, str]:
     v = sc.script.speed
     speed = "slowly" if v < 5 else ("with normal speed" if v < 10 else "fast")
     return f"{steer} The ego vehicle is driving {speed}.", action
+
+
+def _future_answer(sc: Scenario, t: float) -> str:
+    """The ego's future in words and digits, in metres of the ego frame at t (x ahead, y left): where it is
+    3 s later, its speed, and where it is 1 and 2 s later (the scene's last pose where the scene ends sooner).
+    The 3 s position comes first so that a short harvest (T of about 24) already holds it."""
+    times = np.minimum(t + np.array([0.0, 1.0, 2.0, 3.0]), sc.duration)
+    ego = sc.ego_poses(times)
+    fut = np.round(_ego_frame(ego[0], ego[1:, :2]), 1) + 0.0  # + 0.0: no "-0.0"
+    (x1, y1), (x2, y2), (x3, y3) = fut
+    side = "left" if y3 >= 0 else "right"
+    return (
+        f"In 3 seconds the ego vehicle will be {x3:.1f} m ahead and {abs(y3):.1f} m to the {side}, driving "
+        f"at {sc.script.speed:.1f} m/s; after 1 and 2 seconds at ({x1:.1f}, {y1:.1f}) and ({x2:.1f}, {y2:.1f})."
+    )
 
 
 def _in_path(sc: Scenario, t: float, agent) -> tuple[bool, bool]:
@@ -190,6 +210,7 @@ def build(frames) -> dict:
         qa["planning"].append(
             {"Q": "What is the safe action of the ego vehicle?", "A": f"{action} at a constant speed."}
         )
+        qa["planning"].append({"Q": FUTURE_QUESTION, "A": _future_answer(sc, t)})
         qa["behavior"].append({"Q": "Predict the behavior of the ego vehicle.", "A": behaviour})
         entry["key_frames"][sample_token] = {"key_object_infos": infos, "QA": qa}
     return out
