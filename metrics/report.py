@@ -123,6 +123,20 @@ def data_note(dataroot: Path, version: str, *, synthetic: bool) -> str:
     return f"Data: nuScenes {version} at {dataroot}."
 
 
+PRIVILEGED_LABEL = "privileged latents: a check of the pipeline, not a result"
+"""The label of every row and report of the positive control (latents teacher-forced on ground-truth futures)."""
+
+
+def privileged_note() -> str:
+    """One line on the positive control's latents: they carry the ground truth, so its gain proves only that
+    information flows GM -> cache -> adapter -> shift -> plan."""
+    return (
+        f"**{PRIVILEGED_LABEL.capitalize()}.** The GM was teacher-forced on answers stating the ego's "
+        "ground-truth future (speed and positions over the next 3 s); a gain here shows that information "
+        "reaches the plan through the cache and the adapter, not that a GM helps driving."
+    )
+
+
 def gm_note(cache: Path | None, *, pairing: str | None = None) -> str:
     """One line on the GM behind the run's latents: none, the random-weight stand-in, or a named model; how
     its latents were made; and the run's pairing with them when it is not the one it was trained on."""

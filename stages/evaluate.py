@@ -33,7 +33,14 @@ from netroller.data.nusc import open_nuscenes
 from netroller.errors import ConfigError, ModelError
 from netroller.metrics.detection import eval_set_for
 from netroller.metrics.plots import plot_bev, plot_front_camera
-from netroller.metrics.report import data_note, gm_note, is_synthetic, metrics_json, render_report
+from netroller.metrics.report import (
+    data_note,
+    gm_note,
+    is_synthetic,
+    metrics_json,
+    privileged_note,
+    render_report,
+)
 from netroller.metrics.scoring import compute_metrics
 from netroller.stages.run_dir import run_recipe
 from netroller.storage.atomic import atomic_path
@@ -74,6 +81,9 @@ class EvalConfig:
     skip_damaged: bool = False
     """NetRoller: check every cached sample's checksum first and evaluate the damaged ones without latents
     (counted in metrics.json), instead of stopping at the first."""
+    privileged: bool = False
+    """NetRoller: the cache's latents carry privileged information (the pipeline's positive control, teacher-
+    forced on ground-truth futures); metrics.json and report.md label the evaluation as a check, not a result."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -184,10 +194,10 @@ def _open_run_latents(meta: dict | None, cfg: EvalConfig):
     from netroller.storage.schema import LatentKey
 
     if meta is None:
-        if cfg.cache is not None or cfg.latent_lag or cfg.shuffle_latents:
+        if cfg.cache is not None or cfg.latent_lag or cfg.shuffle_latents or cfg.privileged:
             raise ConfigError(
-                f"{cfg.run} is a VAD-only run (no NetRoller adapter): --cache, --latent-lag and "
-                "--shuffle-latents do not apply"
+                f"{cfg.run} is a VAD-only run (no NetRoller adapter): --cache, --latent-lag, "
+                "--shuffle-latents and privileged do not apply"
             )
         return None
     if cfg.cache is None:
@@ -234,6 +244,8 @@ def evaluate(cfg: EvalConfig) -> Path:
             metrics["latent_pairing"] = latents.pairing
             metrics["shuffled_latents"] = cfg.shuffle_latents
             metrics["samples_without_latents"] = without_latents
+            if cfg.privileged:
+                metrics["privileged_latents"] = True
             if cfg.skip_damaged:
                 # Damaged samples of the whole cache, read as absent (counted in samples_without_latents
                 # where an evaluated sample would have read one).
@@ -247,6 +259,8 @@ def evaluate(cfg: EvalConfig) -> Path:
             data_note(dataroot, index.meta.version, synthetic=synthetic),
             gm_note(cfg.cache if roller is not None else None, pairing=latents.pairing if latents else None),
         ]
+        if roller is not None and cfg.privileged:
+            notes.append(privileged_note())
         report = render_report(metrics, run=cfg.run, split=cfg.split, notes=notes, plots=plots)
         (tmp / "report.md").write_text(report)
     return target

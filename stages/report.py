@@ -1,7 +1,9 @@
 """`netroller report RUN...`: several runs' evaluations in one Markdown table, with plots.
 
 Every `RUN/eval*/metrics.json` becomes a row. Rows are ordered baseline, NetRoller variants, controls
-(shuffled latents), then lags; below them the published nuScenes-val rows of VAD-Tiny, VAD-Base and the
+(shuffled latents), lags, then the positive control (an evaluation with `privileged_latents`: latents
+teacher-forced on the ground-truth future, labelled "privileged latents: a check of the pipeline, not a
+result"), its shuffled control and its lags; below them the published nuScenes-val rows of VAD-Tiny, VAD-Base and the
 NetRoller paper (`netroller.metrics.report.PUBLISHED`), labelled as published. Columns are VAD's planning
 metrics (L2 and collision at 1/2/3 s and their average), NDS, detection mAP and map mAP, all computed as
 VAD's own evaluation computes them, so a run's row can be read against the published ones.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netroller.errors import MissingPathError
-from netroller.metrics.report import PUBLISHED, fmt_published, with_averages
+from netroller.metrics.report import PRIVILEGED_LABEL, PUBLISHED, fmt_published, with_averages
 from netroller.storage.atomic import atomic_path
 
 COLUMNS = (
@@ -35,14 +37,22 @@ COLUMNS = (
     ("det_map", "mAP"),
     ("map_ap", "map mAP"),
 )
-_KIND_ORDER = {"baseline": 0, "netroller": 1, "control": 2, "lag": 3}
+_KIND_ORDER = {
+    "baseline": 0,
+    "netroller": 1,
+    "control": 2,
+    "lag": 3,
+    "privileged": 4,
+    "privileged control": 5,
+    "privileged lag": 6,
+}
 
 
 @dataclass(frozen=True)
 class Row:
     run: str
     variant: str  # eval folder name: eval, eval-lag3, eval-shuffled
-    kind: str  # baseline | netroller | control | lag
+    kind: str  # baseline | netroller | control | lag, or privileged | privileged control | privileged lag
     lag: int
     metrics: dict
 
@@ -51,6 +61,8 @@ class Row:
         label = self.run if self.variant == "eval" else f"{self.run} ({self.variant.removeprefix('eval-')})"
         if self.metrics.get("latent_pairing"):
             label += " [trained teacher-forced, eval generated]"
+        if self.metrics.get("privileged_latents"):
+            label += f" [{PRIVILEGED_LABEL}]"
         return label
 
 
@@ -58,9 +70,12 @@ def _kind(run: Path, variant: str, metrics: dict) -> tuple[str, int]:
     if not (run / "netroller.json").is_file():
         return "baseline", 0
     lag = int(metrics.get("latent_lag") or 0)
+    prefix = "privileged " if metrics.get("privileged_latents") else ""
     if metrics.get("shuffled_latents"):
-        return "control", lag
-    return ("lag" if lag else "netroller"), lag
+        return f"{prefix}control", lag
+    if lag:
+        return f"{prefix}lag", lag
+    return prefix.strip() or "netroller", lag
 
 
 def collect(runs: Sequence[Path]) -> list[Row]:
@@ -95,7 +110,7 @@ def table(rows: Sequence[Row]) -> str:
     sep = "|---|---|" + "---:|" * len(COLUMNS)
     lines = [head, sep]
     for r in rows:
-        kind = f"lag {r.lag}" if r.kind == "lag" else r.kind
+        kind = f"{r.kind} {r.lag}" if r.kind.endswith("lag") else r.kind
         metrics = with_averages(r.metrics)
         cells = " | ".join(_fmt(metrics.get(k)) for k, _ in COLUMNS)
         lines.append(f"| {r.label} | {kind} | {cells} |")
@@ -131,7 +146,7 @@ def plot(rows: Sequence[Row], folder: Path) -> list[Path]:
 
     sweeps: dict[str, list[Row]] = {}
     for r in rows:
-        if r.kind in ("netroller", "lag"):
+        if r.kind in ("netroller", "lag", "privileged", "privileged lag"):
             sweeps.setdefault(r.run, []).append(r)
     sweeps = {k: sorted(v, key=lambda r: r.lag) for k, v in sweeps.items() if len(v) > 1}
     if sweeps:
@@ -166,7 +181,9 @@ def render(
         "VAD's filters, map mAP VAD's Chamfer AP over 0.5/1.0/1.5 m; avg is the mean of 1, 2 and 3 s. "
         "`published` rows are the papers' nuScenes-val figures (n/a: not published), not runs of this "
         "project; a run on other data is not comparable with them. `control`: shuffled latents (every sample "
-        "gets another sample's GM latents); `lag N`: the SM at t reads the GM latents of t - N.",
+        "gets another sample's GM latents); `lag N`: the SM at t reads the GM latents of t - N. `privileged` "
+        f"rows ({PRIVILEGED_LABEL}): the GM read answers stating the ego's ground-truth future, in training and "
+        "in eval; they must beat the baseline, and their shuffled control and longer lags must lose the gain.",
         "",
     ]
     for p in plots:
