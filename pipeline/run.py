@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from netroller.metrics.report import privileged_note
 from netroller.pipeline.recipe import PipelineConfig
 from netroller.storage.atomic import write_json_atomic
 
@@ -54,6 +55,25 @@ def _harvest_complete(cache: Path) -> bool:
     return (cache / "cache.json").is_file() and not CacheWriter.open(cache).pending_shards()
 
 
+def write_privileged_qa(drivelm: Path, out: Path) -> Path:
+    """The synthetic DriveLM file cut to the one question whose answer states the ego's ground-truth future
+    (`FUTURE_QUESTION`), for the positive control's teacher-forced harvest; DataError if no sample has it."""
+    from netroller.data.synth.drivelm import FUTURE_QUESTION
+    from netroller.errors import DataError
+
+    qa = json.loads(Path(drivelm).read_text())
+    kept = 0
+    for scene in qa.values():
+        for frame in scene["key_frames"].values():
+            items = [it for it in frame["QA"].get("planning", []) if it["Q"] == FUTURE_QUESTION]
+            kept += len(items)
+            frame["QA"] = {"planning": items}
+    if not kept:
+        raise DataError(f"{drivelm}: no keyframe has the question {FUTURE_QUESTION!r} (regenerate the data)")
+    write_json_atomic(out, qa)
+    return out
+
+
 def _notes(cfg: PipelineConfig) -> list[str]:
     notes = []
     if cfg.dataroot is None:
@@ -66,6 +86,8 @@ def _notes(cfg: PipelineConfig) -> list[str]:
             "**GM: random-weight stand-in.** The tiny LLaVA-architecture model has random weights; its "
             "latents carry no knowledge, so NetRoller rows here cannot show the paper's gains."
         )
+    if cfg.positive_control is not None and cfg.dataroot is None:
+        notes.append(privileged_note())
     if notes:
         notes.append(
             "On real data: `netroller prepare --dataroot NUSCENES --version v1.0-trainval`, then "
@@ -77,6 +99,7 @@ def _notes(cfg: PipelineConfig) -> list[str]:
 def plan(cfg: PipelineConfig) -> list[Step]:
     """The steps of the recipe, in order."""
     from netroller.data.synth import SynthConfig, generate
+    from netroller.data.synth.drivelm import QA_VERSION
     from netroller.models.gm.tiny import build_tiny_gm
     from netroller.stages.evaluate import EvalConfig, evaluate
     from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1
@@ -104,7 +127,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps.append(
             Step(
                 "synth",
-                dataclasses.asdict(synth),
+                {**dataclasses.asdict(synth), "drivelm_qa_version": QA_VERSION},
                 (),
                 (data,),
                 lambda: generate(synth),
@@ -197,14 +220,23 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             )
         )
 
-    def eval_step(run_name: str, upstream: tuple[str, ...], lag: int = 0, shuffle: bool = False) -> None:
+    def eval_step(
+        run_name: str,
+        upstream: tuple[str, ...],
+        lag: int = 0,
+        shuffle: bool = False,
+        *,
+        latents: Path | None = cache,
+        privileged: bool = False,
+    ) -> None:
         ev = EvalConfig(
             run=runs / run_name,
             index=index,
-            cache=None if run_name == "baseline" else cache,
+            cache=None if run_name == "baseline" else latents,
             latent_lag=lag,
             shuffle_latents=shuffle,
             max_samples=cfg.eval_max_samples,
+            privileged=privileged,
         )
         out = ev.folder
         steps.append(
@@ -228,8 +260,63 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         if lag:
             eval_step(first, (f"train-{first}",), lag=lag)
 
+    pc = cfg.positive_control if cfg.dataroot is None else None
+    if pc is not None:
+        # The positive control: its own teacher-forced harvest of the question that states the future, its
+        # own fine-tune of the baseline, evaluated on the same latents at lag 0, shuffled and at its lags.
+        qa = w / "privileged_qa.json"
+        pc_cache = w / "cache-privileged"
+        steps.append(
+            Step(
+                "privileged-qa",
+                {"source": "drivelm_qa.json"},
+                ("synth",),
+                (qa,),
+                lambda: write_privileged_qa(data / "drivelm_qa.json", qa),
+                qa.is_file,
+            )
+        )
+        pc_hv = dataclasses.replace(
+            hv, out=pc_cache, tokens=pc.tokens, layers=pc.layers, drivelm=qa, latents="teacher-forced"
+        )
+        steps.append(
+            Step(
+                "harvest-privileged",
+                {k: v for k, v in dataclasses.asdict(pc_hv).items() if k not in ("workers", "progress")},
+                (*harvest_up, "privileged-qa"),
+                (pc_cache,),
+                lambda: harvest(pc_hv),
+                lambda: _harvest_complete(pc_cache),
+            )
+        )
+        pc_ft = finetune_c1(
+            index,
+            runs / pc.name,
+            recipe=cfg.recipe,
+            epochs=pc.epochs,
+            batch_size=cfg.batch_size,
+            lr=pc.lr,
+            seed=cfg.seed,
+            resume=True,
+        )
+        pc_nr = NetRollerConfig(cache=pc_cache, init=runs / "baseline", mode=pc.mode, shift=pc.shift)
+        steps.append(
+            Step(
+                f"train-{pc.name}",
+                {"train": pc_ft.to_json(), "netroller": pc_nr.to_json()},
+                ("harvest-privileged", "train-baseline"),
+                (pc_ft.out,),
+                lambda: finetune(pc_ft, pc_nr),
+                lambda: _train_complete(pc_ft.out, pc_ft.epochs),
+            )
+        )
+        for lag, shuffle in ((0, False), (0, True), *((lag, False) for lag in pc.lags)):
+            eval_step(pc.name, (f"train-{pc.name}",), lag, shuffle, latents=pc_cache, privileged=True)
+
     report = w / "report.md"
     run_dirs = [runs / "baseline", *(runs / v.name for v in cfg.variants)]
+    if pc is not None:
+        run_dirs.append(runs / pc.name)
     evals = tuple(s.name for s in steps if s.name.startswith("eval-"))
     steps.append(
         Step(

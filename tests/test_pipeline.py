@@ -32,6 +32,30 @@ def test_pipeline_writes_the_comparison_report(smoke_run):
     assert set(timings["seconds_by_step"]) == {s.name for s in plan(smoke(work))}
 
 
+def test_report_has_the_positive_control_rows_labelled_as_a_check(smoke_run):
+    work, report, _ = smoke_run
+    text = report.read_text()
+    check = "[privileged latents: a check of the pipeline, not a result]"
+    for row in (
+        f"| privileged-bias-query {check} | privileged |",
+        f"| privileged-bias-query (shuffled) {check} | privileged control |",
+        f"| privileged-bias-query (lag1) {check} | privileged lag 1 |",
+    ):
+        assert row in text
+    run_report = (work / "runs" / "privileged-bias-query" / "eval" / "report.md").read_text()
+    assert "Privileged latents: a check of the pipeline, not a result." in run_report
+    assert "privileged" not in (work / "runs" / "bias-query" / "eval" / "report.md").read_text().lower()
+
+
+def test_privileged_qa_keeps_only_the_question_that_states_the_future(smoke_run):
+    work, _, _ = smoke_run
+    qa = json.loads((work / "privileged_qa.json").read_text())
+    frames = [f for scene in qa.values() for f in scene["key_frames"].values()]
+    assert frames and all(list(f["QA"]) == ["planning"] and len(f["QA"]["planning"]) == 1 for f in frames)
+    answer = frames[0]["QA"]["planning"][0]["A"]
+    assert answer.startswith("In 3 seconds the ego vehicle will be ") and " m/s" in answer
+
+
 def test_second_run_skips_every_step(smoke_run):
     work, _, _ = smoke_run
     lines: list[str] = []
