@@ -110,7 +110,7 @@ def _behaviour(sc: Scenario, t: float) -> tuple[str, str]:
 def _future_answer(sc: Scenario, t: float) -> str:
     """The ego's future in words and digits, in metres of the ego frame at t (x ahead, y left): where it is
     3 s later, its speed, and where it is 1 and 2 s later (the scene's last pose where the scene ends sooner).
-    The 3 s position comes first so that a short harvest (T of about 24) already holds it."""
+    The 3 s position comes first so that a short harvest (T=28) already holds it."""
     times = np.minimum(t + np.array([0.0, 1.0, 2.0, 3.0]), sc.duration)
     ego = sc.ego_poses(times)
     fut = np.round(_ego_frame(ego[0], ego[1:, :2]), 1) + 0.0  # + 0.0: no "-0.0"
