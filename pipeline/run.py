@@ -208,7 +208,14 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             seed=cfg.seed,
             resume=True,
         )
-        nr = NetRollerConfig(cache=cache, init=runs / "baseline", mode=v.mode, shift=v.shift)
+        nr = NetRollerConfig(
+            cache=cache,
+            init=runs / "baseline",
+            mode=v.mode,
+            shift=v.shift,
+            latent_lag=cfg.latent_lag,
+            lag_policy=cfg.lag_policy,
+        )
         steps.append(
             Step(
                 f"train-{v.name}",
@@ -228,12 +235,14 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         *,
         latents: Path | None = cache,
         privileged: bool = False,
+        policy: str = "exact",
     ) -> None:
         ev = EvalConfig(
             run=runs / run_name,
             index=index,
             cache=None if run_name == "baseline" else latents,
             latent_lag=lag,
+            lag_policy=policy if lag else "exact",
             shuffle_latents=shuffle,
             max_samples=cfg.eval_max_samples,
             privileged=privileged,
@@ -252,13 +261,14 @@ def plan(cfg: PipelineConfig) -> list[Step]:
 
     eval_step("baseline", ("train-baseline",))
     first = cfg.variants[0].name
+    trained = {"lag": cfg.latent_lag, "policy": cfg.lag_policy}  # what the variants were trained at
     for v in cfg.variants:
-        eval_step(v.name, (f"train-{v.name}",))
+        eval_step(v.name, (f"train-{v.name}",), **trained)
     if cfg.shuffled_control:
-        eval_step(first, (f"train-{first}",), shuffle=True)
+        eval_step(first, (f"train-{first}",), shuffle=True, **trained)
     for lag in cfg.lags:
-        if lag:
-            eval_step(first, (f"train-{first}",), lag=lag)
+        if lag != cfg.latent_lag:
+            eval_step(first, (f"train-{first}",), lag=lag, policy=cfg.lag_policy)
 
     pc = cfg.positive_control if cfg.dataroot is None else None
     if pc is not None:

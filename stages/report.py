@@ -67,13 +67,20 @@ class Row:
 
 
 def _kind(run: Path, variant: str, metrics: dict) -> tuple[str, int]:
-    if not (run / "netroller.json").is_file():
+    """The row's kind: the run's own setting (the lag and policy it was trained at) is its "netroller" row,
+    other lags are "lag" rows, shuffled latents a "control"."""
+    saved = run / "netroller.json"
+    if not saved.is_file():
         return "baseline", 0
+    nr = json.loads(saved.read_text())["netroller"]
     lag = int(metrics.get("latent_lag") or 0)
+    own = lag == int(nr.get("latent_lag") or 0) and (
+        not lag or metrics.get("lag_policy", "exact") == nr.get("lag_policy", "exact")
+    )
     prefix = "privileged " if metrics.get("privileged_latents") else ""
     if metrics.get("shuffled_latents"):
         return f"{prefix}control", lag
-    if lag:
+    if not own:
         return f"{prefix}lag", lag
     return prefix.strip() or "netroller", lag
 
