@@ -74,6 +74,8 @@ class PipelineConfig:
     """A real nuScenes root to use instead of generating the synthetic set (then `version` applies)."""
     version: str = "v1.0-mini"
     """nuScenes version of `dataroot`."""
+    drivelm: Path | None = None
+    """DriveLM QA file the GM is asked from, for a real `dataroot` (the synthetic set writes its own)."""
     scenes: int = 10
     """Synthetic set: scenes (the devkit's mini_train + mini_val names)."""
     samples_per_scene: int = 40
@@ -138,6 +140,11 @@ class PipelineConfig:
             raise ConfigError("PipelineConfig.variants must name at least one NetRoller fine-tune")
         if any(lag < 0 for lag in self.lags):
             raise ConfigError(f"PipelineConfig.lags must be >= 0, got {self.lags}")
+        if self.dataroot is not None and self.drivelm is None and self.lag_policy == "annotated":
+            raise ConfigError(
+                "PipelineConfig.lag_policy 'annotated' needs the DriveLM file of the real dataroot (drivelm): "
+                "without it no frame is annotated"
+            )
         if self.latent_lag < 0 or self.lag_policy not in ("exact", "annotated"):
             raise ConfigError(
                 f"PipelineConfig.latent_lag must be >= 0 and lag_policy exact or annotated, got "

@@ -162,6 +162,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         index=index,
         out=cache,
         model=gm,
+        # The GM is asked each keyframe's DriveLM question (the synthetic set's own file), as the authors do.
+        drivelm=cfg.drivelm if cfg.dataroot is not None else data / "drivelm_qa.json",
         tokens=cfg.tokens,
         layers=cfg.layers,
         shard_size=cfg.shard_size,

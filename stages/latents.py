@@ -179,7 +179,15 @@ def feed_latents(
 ) -> LatentFeed:
     """`base` (a `SampleDataset`) with each sample's latents from `setup`: those of the keyframe `lag`
     earlier in its scene (`lag_policy="annotated"`: the latest DriveLM-annotated one at least `lag`
-    earlier), or another sample's (`shuffle`, the control), asked the question `draw` picks."""
+    earlier), or another sample's (`shuffle`, the control), asked the question `draw` picks. The annotated
+    policy on latents without a single DriveLM-annotated frame (harvested without --drivelm) is refused: it
+    would leave every sample without latents."""
+    if lag_policy == "annotated" and not any(setup.source.annotated(r.sample_token) for r in index.records):
+        raise ConfigError(
+            "--lag-policy annotated: none of the latents' frames is DriveLM-annotated (the harvest asked the "
+            "template question, not a --drivelm file's), so every sample would be left without latents; "
+            "harvest with --drivelm or use --lag-policy exact"
+        )
     sources = latent_sources(
         index,
         base.records,

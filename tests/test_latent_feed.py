@@ -144,3 +144,16 @@ def test_a_template_question_is_not_an_annotation(all_questions_cache, tiny_cach
     token = read_index(index_path).records[0].sample_token
     assert open_cache(all_questions_cache, layers="all", skip_damaged=False).source.annotated(token)
     assert not open_cache(tiny_cache, layers="all", skip_damaged=False).source.annotated(token)
+
+
+def test_the_annotated_policy_on_latents_without_annotations_is_refused(tiny_cache, index_path):
+    from netroller.data.dataset import SampleDataset
+    from netroller.data.index import read_index
+    from netroller.models.vad.config import debug
+    from netroller.stages.latents import feed_latents, open_cache
+
+    index = read_index(index_path)
+    base = SampleDataset(index, "train", vad=debug(), train=False, max_samples=2)
+    setup = open_cache(tiny_cache, layers="all", skip_damaged=False)
+    with pytest.raises(ConfigError, match="none of the latents' frames is DriveLM-annotated"):
+        feed_latents(setup, base, index, lag=3, lag_policy="annotated")
