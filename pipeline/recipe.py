@@ -3,7 +3,8 @@
 embedded()  the default: synthetic nuScenes (10 scenes x 40 keyframes), the tiny random-weight GM,
             the debug VAD, NetRoller Bias + Query Shift and TF + Query Shift trained at the authors' lag
             (3 keyframes, the latest DriveLM-annotated one), the shuffled-latent control and a lag sweep
-            (0, 1, 3, 6) from one harvest; then the positive control
+            (0, 1, 3, 6) from one harvest; the first variant again on the latents of the tiny LLaMA-Adapter
+            V2 (the second GM backend); then the positive control
             (`PositiveControl`): latents teacher-forced on the ground-truth future, its fine-tune, its
             shuffled control and lags.
 smoke()     the same flow at toy size, for tests (about a minute).
@@ -122,6 +123,9 @@ class PipelineConfig:
     """Evaluate the first variant with shuffled latents too."""
     eval_max_samples: int | None = None
     """Evaluate only the first N val samples (None: all)."""
+    second_backend: bool = True
+    """Also harvest with the embedded tiny LLaMA-Adapter V2 (the paper's GM's files and architecture, random
+    weights) and fine-tune the first variant on its cache: the second GM backend, end to end."""
     positive_control: PositiveControl | None = field(default_factory=PositiveControl)
     """The privileged-latent check; None skips it, and so does a real `dataroot` (it needs the synthetic
     DriveLM answers that state the ego's future)."""

@@ -199,6 +199,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             lambda: _train_complete(base_cfg.out, base_cfg.epochs),
         )
     )
+    finetunes: dict[str, tuple] = {}  # variant name -> (TrainConfig, NetRollerConfig)
     for v in cfg.variants:
         ft = finetune_c1(
             index,
@@ -218,6 +219,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             latent_lag=cfg.latent_lag,
             lag_policy=cfg.lag_policy,
         )
+        finetunes[v.name] = (ft, nr)
         steps.append(
             Step(
                 f"train-{v.name}",
@@ -271,6 +273,50 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     for lag in cfg.lags:
         if lag != cfg.latent_lag:
             eval_step(first, (f"train-{first}",), lag=lag, policy=cfg.lag_policy)
+
+    second = None
+    if cfg.second_backend and cfg.gm is None:
+        # The second GM backend: the embedded tiny LLaMA-Adapter V2 in its released file formats, harvested
+        # as the main GM is (Alpaca prompt and BGR cameras, the authors' inputs), the first variant fine-tuned
+        # and evaluated on its latents at the same lag and policy.
+        la_gm = w / "gm" / "tiny-llama-adapter"
+        la_cache = w / "cache-llama-adapter"
+        second = cfg.variants[0]
+        steps.append(
+            Step(
+                "gm-llama-adapter",
+                {"seed": 0, "arch": "llama-adapter"},
+                (),
+                (la_gm,),
+                lambda: build_tiny_gm(la_gm, arch="llama-adapter"),
+                lambda: (la_gm / "params.json").is_file(),
+            )
+        )
+        la_hv = dataclasses.replace(hv, out=la_cache, model=str(la_gm))
+        steps.append(
+            Step(
+                "harvest-llama-adapter",
+                {k: v for k, v in dataclasses.asdict(la_hv).items() if k not in ("workers", "progress")},
+                ("prepare", "gm-llama-adapter"),
+                (la_cache,),
+                lambda: harvest(la_hv),
+                lambda: _harvest_complete(la_cache),
+            )
+        )
+        la_name = f"{second.name}-llama-adapter"
+        la_ft = dataclasses.replace(finetunes[second.name][0], out=runs / la_name)
+        la_nr = dataclasses.replace(finetunes[second.name][1], cache=la_cache)
+        steps.append(
+            Step(
+                f"train-{la_name}",
+                {"train": la_ft.to_json(), "netroller": la_nr.to_json()},
+                ("harvest-llama-adapter", "train-baseline"),
+                (la_ft.out,),
+                lambda: finetune(la_ft, la_nr),
+                lambda: _train_complete(la_ft.out, la_ft.epochs),
+            )
+        )
+        eval_step(la_name, (f"train-{la_name}",), latents=la_cache, **trained)
 
     pc = cfg.positive_control if cfg.dataroot is None else None
     if pc is not None:
@@ -327,6 +373,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
 
     report = w / "report.md"
     run_dirs = [runs / "baseline", *(runs / v.name for v in cfg.variants)]
+    if second is not None:
+        run_dirs.append(runs / f"{second.name}-llama-adapter")
     if pc is not None:
         run_dirs.append(runs / pc.name)
     evals = tuple(s.name for s in steps if s.name.startswith("eval-"))

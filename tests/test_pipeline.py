@@ -31,8 +31,11 @@ def test_pipeline_writes_the_comparison_report(smoke_run):
         "| tf-query (lag1-annotated) | netroller |",
         "| bias-query (lag1-annotated-shuffled) | control |",
         "| bias-query | lag 0 |",
+        "| bias-query-llama-adapter (lag1-annotated) | netroller |",  # the second GM backend, end to end
     ):
         assert row in text
+    la_key = json.loads((work / "cache-llama-adapter" / "cache.json").read_text())["key"]
+    assert la_key["backend"] == "llama-adapter" and la_key["model_stand_in"]
     assert (work / "report_plots" / "planning.png").is_file()
     timings = json.loads((work / "pipeline.json").read_text())
     assert set(timings["seconds_by_step"]) == {s.name for s in plan(smoke(work))}
