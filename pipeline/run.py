@@ -116,6 +116,25 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     runs = w / "runs"
     steps: list[Step] = []
 
+    def harvest_step(name: str, hv: HarvestConfig, upstream: tuple[str, ...]) -> None:
+        # Worker count and progress bars change how, not what: they stay out of the fingerprint.
+        settings = {k: v for k, v in dataclasses.asdict(hv).items() if k not in ("workers", "progress")}
+        steps.append(
+            Step(name, settings, upstream, (hv.out,), lambda: harvest(hv), lambda: _harvest_complete(hv.out))
+        )
+
+    def finetune_step(name: str, ft: TrainConfig, nr: NetRollerConfig, upstream: tuple[str, ...]) -> None:
+        steps.append(
+            Step(
+                f"train-{name}",
+                {"train": ft.to_json(), "netroller": nr.to_json()},
+                upstream,
+                (ft.out,),
+                lambda: finetune(ft, nr),
+                lambda: _train_complete(ft.out, ft.epochs),
+            )
+        )
+
     if cfg.dataroot is None:
         synth = SynthConfig(
             out=data,
@@ -169,16 +188,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         shard_size=cfg.shard_size,
         workers=cfg.harvest_workers,
     )
-    steps.append(
-        Step(
-            "harvest",
-            {k: v for k, v in dataclasses.asdict(hv).items() if k not in ("workers", "progress")},
-            harvest_up,
-            (cache,),
-            lambda: harvest(hv),
-            lambda: _harvest_complete(cache),
-        )
-    )
+    harvest_step("harvest", hv, harvest_up)
     base_cfg = TrainConfig(
         index=index,
         out=runs / "baseline",
@@ -220,16 +230,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             lag_policy=cfg.lag_policy,
         )
         finetunes[v.name] = (ft, nr)
-        steps.append(
-            Step(
-                f"train-{v.name}",
-                {"train": ft.to_json(), "netroller": nr.to_json()},
-                ("harvest", "train-baseline"),
-                (ft.out,),
-                lambda ft=ft, nr=nr: finetune(ft, nr),
-                lambda ft=ft: _train_complete(ft.out, ft.epochs),
-            )
-        )
+        finetune_step(v.name, ft, nr, ("harvest", "train-baseline"))
 
     def eval_step(
         run_name: str,
@@ -293,29 +294,11 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             )
         )
         la_hv = dataclasses.replace(hv, out=la_cache, model=str(la_gm))
-        steps.append(
-            Step(
-                "harvest-llama-adapter",
-                {k: v for k, v in dataclasses.asdict(la_hv).items() if k not in ("workers", "progress")},
-                ("prepare", "gm-llama-adapter"),
-                (la_cache,),
-                lambda: harvest(la_hv),
-                lambda: _harvest_complete(la_cache),
-            )
-        )
+        harvest_step("harvest-llama-adapter", la_hv, ("prepare", "gm-llama-adapter"))
         la_name = f"{second.name}-llama-adapter"
         la_ft = dataclasses.replace(finetunes[second.name][0], out=runs / la_name)
         la_nr = dataclasses.replace(finetunes[second.name][1], cache=la_cache)
-        steps.append(
-            Step(
-                f"train-{la_name}",
-                {"train": la_ft.to_json(), "netroller": la_nr.to_json()},
-                ("harvest-llama-adapter", "train-baseline"),
-                (la_ft.out,),
-                lambda: finetune(la_ft, la_nr),
-                lambda: _train_complete(la_ft.out, la_ft.epochs),
-            )
-        )
+        finetune_step(la_name, la_ft, la_nr, ("harvest-llama-adapter", "train-baseline"))
         eval_step(la_name, (f"train-{la_name}",), latents=la_cache, **trained)
 
     pc = cfg.positive_control if cfg.dataroot is None else None
@@ -337,16 +320,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         pc_hv = dataclasses.replace(
             hv, out=pc_cache, tokens=pc.tokens, layers=pc.layers, drivelm=qa, latents="teacher-forced"
         )
-        steps.append(
-            Step(
-                "harvest-privileged",
-                {k: v for k, v in dataclasses.asdict(pc_hv).items() if k not in ("workers", "progress")},
-                (*harvest_up, "privileged-qa"),
-                (pc_cache,),
-                lambda: harvest(pc_hv),
-                lambda: _harvest_complete(pc_cache),
-            )
-        )
+        harvest_step("harvest-privileged", pc_hv, (*harvest_up, "privileged-qa"))
         pc_ft = finetune_c1(
             index,
             runs / pc.name,
@@ -358,16 +332,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             resume=True,
         )
         pc_nr = NetRollerConfig(cache=pc_cache, init=runs / "baseline", mode=pc.mode, shift=pc.shift)
-        steps.append(
-            Step(
-                f"train-{pc.name}",
-                {"train": pc_ft.to_json(), "netroller": pc_nr.to_json()},
-                ("harvest-privileged", "train-baseline"),
-                (pc_ft.out,),
-                lambda: finetune(pc_ft, pc_nr),
-                lambda: _train_complete(pc_ft.out, pc_ft.epochs),
-            )
-        )
+        finetune_step(pc.name, pc_ft, pc_nr, ("harvest-privileged", "train-baseline"))
         for lag, shuffle in ((0, False), (0, True), *((lag, False) for lag in pc.lags)):
             eval_step(pc.name, (f"train-{pc.name}",), lag, shuffle, latents=pc_cache, privileged=True)
 
