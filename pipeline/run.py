@@ -321,15 +321,9 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             hv, out=pc_cache, tokens=pc.tokens, layers=pc.layers, drivelm=qa, latents="teacher-forced"
         )
         harvest_step("harvest-privileged", pc_hv, (*harvest_up, "privileged-qa"))
-        pc_ft = finetune_c1(
-            index,
-            runs / pc.name,
-            recipe=cfg.recipe,
-            epochs=pc.epochs,
-            batch_size=cfg.batch_size,
-            lr=pc.lr,
-            seed=cfg.seed,
-            resume=True,
+        # The variants' training settings, with the control's own epochs and learning rate.
+        pc_ft = dataclasses.replace(
+            finetunes[cfg.variants[0].name][0], out=runs / pc.name, epochs=pc.epochs, lr=pc.lr
         )
         pc_nr = NetRollerConfig(cache=pc_cache, init=runs / "baseline", mode=pc.mode, shift=pc.shift)
         finetune_step(pc.name, pc_ft, pc_nr, ("harvest-privileged", "train-baseline"))
