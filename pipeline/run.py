@@ -340,10 +340,10 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     steps.append(
         Step(
             "report",
-            {"runs": [str(r) for r in run_dirs], "notes": _notes(cfg)},
-            evals,
+            {"runs": [str(r) for r in run_dirs], "notes": _notes(cfg), "reference_row": True},
+            (*evals, "prepare"),
             (report,),
-            lambda: write_report(run_dirs, report, notes=_notes(cfg)),
+            lambda: write_report(run_dirs, report, notes=_notes(cfg), index=index),
             report.is_file,
         )
     )

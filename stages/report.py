@@ -1,6 +1,7 @@
 """`netroller report RUN...`: several runs' evaluations in one Markdown table, with plots.
 
-Every `RUN/eval*/metrics.json` becomes a row. Rows are ordered baseline, NetRoller variants, controls
+Every `RUN/eval*/metrics.json` becomes a row. With `--index`, the first row is a planner without a model
+(`netroller.metrics.reference`: the per-command mean of the training futures). Rows are ordered baseline, NetRoller variants, controls
 (shuffled latents), lags, then the positive control (an evaluation with `privileged_latents`: latents
 teacher-forced on the ground-truth future, labelled "privileged latents: a check of the pipeline, not a
 result"), its shuffled control and its lags; below them the published nuScenes-val rows of VAD-Tiny, VAD-Base and the
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from netroller.errors import MissingPathError
+from netroller.errors import ConfigError, MissingPathError
+from netroller.metrics.reference import REFERENCE_LABEL
 from netroller.metrics.report import PRIVILEGED_LABEL, PUBLISHED, fmt_published, with_averages
 from netroller.storage.atomic import atomic_path
 
@@ -38,6 +40,7 @@ COLUMNS = (
     ("map_ap", "map mAP"),
 )
 _KIND_ORDER = {
+    "reference": -1,
     "baseline": 0,
     "netroller": 1,
     "control": 2,
@@ -52,12 +55,14 @@ _KIND_ORDER = {
 class Row:
     run: str
     variant: str  # eval folder name: eval, eval-lag3, eval-shuffled
-    kind: str  # baseline | netroller | control | lag, or privileged | privileged control | privileged lag
+    kind: str  # reference | baseline | netroller | control | lag, or privileged | privileged control | ...
     lag: int
     metrics: dict
 
     @property
     def label(self) -> str:
+        if self.kind == "reference":
+            return self.metrics["reference_planner"]
         label = self.run if self.variant == "eval" else f"{self.run} ({self.variant.removeprefix('eval-')})"
         if self.metrics.get("latent_pairing"):
             label += " [trained teacher-forced, eval generated]"
@@ -85,8 +90,17 @@ def _kind(run: Path, variant: str, metrics: dict) -> tuple[str, int]:
     return prefix.strip() or "netroller", lag
 
 
-def collect(runs: Sequence[Path]) -> list[Row]:
-    """One row per evaluation of each run, in report order."""
+def reference_row(index: Path, split: str = "val") -> Row:
+    """The row of the planner without a model (`netroller.metrics.reference`) on the index's `split`."""
+    from netroller.data.index import read_index
+    from netroller.metrics.reference import reference_metrics
+
+    return Row("reference", "eval", "reference", 0, reference_metrics(read_index(index), split))
+
+
+def collect(runs: Sequence[Path], *, index: Path | None = None) -> list[Row]:
+    """One row per evaluation of each run, in report order; with `index`, first the row of the planner
+    without a model on the split the runs were evaluated on."""
     rows = []
     for run in map(Path, runs):
         if not run.is_dir():
@@ -102,6 +116,11 @@ def collect(runs: Sequence[Path]) -> list[Row]:
             metrics = json.loads(path.read_text())
             kind, lag = _kind(run, path.parent.name, metrics)
             rows.append(Row(run.name, path.parent.name, kind, lag, metrics))
+    if index is not None:
+        splits = {r.metrics.get("split", "val") for r in rows}
+        if len(splits) != 1:
+            raise ConfigError(f"report: the runs were evaluated on several splits ({sorted(splits)})")
+        rows.append(reference_row(index, splits.pop()))
     return sorted(rows, key=lambda r: (_KIND_ORDER[r.kind], r.lag, r.run, r.variant))
 
 
@@ -190,7 +209,10 @@ def render(
         "project; a run on other data is not comparable with them. `control`: shuffled latents (every sample "
         "gets another sample's GM latents); `lag N`: the SM at t reads the GM latents of t - N. `privileged` "
         f"rows ({PRIVILEGED_LABEL}): the GM read answers stating the ego's ground-truth future, in training and "
-        "in eval; they must beat the baseline, and their shuffled control and longer lags must lose the gain.",
+        "in eval; they must beat the baseline, and their shuffled control and longer lags must lose the gain. "
+        f"`reference` ({REFERENCE_LABEL}): every sample's plan is the mean training future of its driving "
+        "command; it reads no input, so a model that does not beat it has not learned the future from its "
+        "inputs.",
         "",
     ]
     for p in plots:
@@ -199,9 +221,12 @@ def render(
     return "\n".join(lines)
 
 
-def write_report(runs: Sequence[Path], out: Path, *, notes: Sequence[str] = ()) -> Path:
-    """Write the report (and its plots beside it, in <stem>_plots/) atomically; returns `out`."""
-    rows = collect(runs)
+def write_report(
+    runs: Sequence[Path], out: Path, *, notes: Sequence[str] = (), index: Path | None = None
+) -> Path:
+    """Write the report (and its plots beside it, in <stem>_plots/) atomically; returns `out`. With `index`,
+    the planner without a model is its first row."""
+    rows = collect(runs, index=index)
     out = Path(out)
     plots_dir = out.parent / f"{out.stem}_plots"
     plots = plot(rows, plots_dir)

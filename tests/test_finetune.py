@@ -248,6 +248,9 @@ def test_report_orders_baseline_variants_controls_and_lags(bias_evals, baseline,
     evaluate(EvalConfig(run=baseline, index=index_path, max_samples=2, num_plots=0))
     rows = collect([bias_run, baseline])
     assert [r.kind for r in rows][:2] == ["baseline", "netroller"]
+    with_reference = collect([bias_run, baseline], index=index_path)
+    assert [r.kind for r in with_reference][:3] == ["reference", "baseline", "netroller"]
+    assert with_reference[0].metrics["num_samples"] == len(read_index(index_path).split("val"))
     assert rows[-1].kind == "lag" and rows[-1].lag == 1
     assert any(r.kind == "control" for r in rows)
     out = write_report([baseline, bias_run], tmp_path / "report.md")

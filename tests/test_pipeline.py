@@ -25,6 +25,9 @@ def test_pipeline_writes_the_comparison_report(smoke_run):
     text = report.read_text()
     assert "random-weight stand-in" in text and "synthetic" in text
     # The fine-tunes train at the recipe's lag (1 in smoke) and policy: that is their own row.
+    lines = text.splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("| run | kind |")))
+    assert lines[table + 2].startswith("| no model: per-command mean of the training futures | reference |")
     for row in (
         "| baseline | baseline |",
         "| bias-query (lag1-annotated) | netroller |",
