@@ -106,6 +106,31 @@ def test_both_splits_present_with_mini_scene_names(nusc):
     assert names == set(splits["mini_train"][:3]) | set(splits["mini_val"][:1])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_val_scenes_are_drawn_within_the_training_scenes(seed):
+    """Each val scene's manoeuvre is one at least 2 training scenes have, at a speed between theirs; the
+    training scripts are the ones drawn before the val scenes are (the val draw has its own stream)."""
+    from netroller.data.synth.plan import default_scripts, mini_scene_names
+
+    splits = [split for _, split in mini_scene_names(10)]
+    scripts = default_scripts(splits, seed)
+    train = [s for s, split in zip(scripts, splits, strict=True) if split == "mini_train"]
+    val = [s for s, split in zip(scripts, splits, strict=True) if split == "mini_val"]
+    assert len(train) == 8 and len(val) == 2
+    for v in val:
+        speeds = [t.speed for t in train if t.manoeuvre == v.manoeuvre]
+        assert len(speeds) >= 2 and min(speeds) <= v.speed <= max(speeds)
+    all_train = default_scripts(["mini_train"] * 10, seed)  # nothing to redraw
+    assert [s for s, split in zip(all_train, splits, strict=True) if split == "mini_train"] == train
+
+
+def test_val_scripts_stay_as_drawn_without_two_training_scenes_of_a_manoeuvre():
+    from netroller.data.synth.plan import default_scripts
+
+    splits = ["mini_train", "mini_val"]
+    assert default_scripts(splits, 0) == default_scripts(["mini_train", "mini_train"], 0)
+
+
 def test_linked_lists_and_counts_are_consistent(nusc):
     for scene in nusc.scene:
         samples = _scene_samples(nusc, scene)

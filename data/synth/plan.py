@@ -50,9 +50,21 @@ def mini_scene_names(n: int) -> list[tuple[str, str]]:
     return sorted(chosen)
 
 
-def default_scripts(n: int, seed: int) -> tuple[SceneScript, ...]:
-    """Scripts drawn from the seed: straight, left and right all occur once there are 3 scenes."""
+# Bump when `default_scripts` draws other scripts (`make pipeline` regenerates the data then). 2: val scenes
+# drawn within the training scenes' manoeuvres and speeds.
+SCRIPTS_VERSION = 2
+
+
+def default_scripts(splits: list[str], seed: int) -> tuple[SceneScript, ...]:
+    """Scripts drawn from the seed, one per scene of `splits` ("mini_train" | "mini_val", in scene order):
+    straight, left and right all occur once there are 3 scenes.
+
+    A val scene is drawn within what the training scenes show (`_within_training`): nuScenes' val is drawn
+    from the distribution train is, while 8 training scenes drawn at random would often leave a val scene
+    outside them (a turn slower than every training turn), and a val figure would then measure
+    extrapolation from a handful of scenes rather than what a model read from its inputs."""
     rng = stream(seed, "scripts")
+    n = len(splits)
     manoeuvres = [("straight", "left", "right")[i % 3] for i in range(n)]
     order = rng.permutation(n)
     out = []
@@ -60,12 +72,38 @@ def default_scripts(n: int, seed: int) -> tuple[SceneScript, ...]:
         m = manoeuvres[int(i)]
         speed = rng.uniform(6.0, 11.0) if m == "straight" else rng.uniform(5.0, 8.5)
         out.append(SceneScript(manoeuvre=m, speed=round(float(speed), 1)))  # type: ignore[arg-type]
+    return _within_training(tuple(out), splits, stream(seed, "val-scripts"))
+
+
+def _within_training(
+    scripts: tuple[SceneScript, ...], splits: list[str], rng: np.random.Generator
+) -> tuple[SceneScript, ...]:
+    """Each val scene keeps its manoeuvre where at least 2 training scenes have it (else takes the most
+    common training manoeuvre) and gets a speed drawn between those scenes' slowest and fastest. Without 2
+    training scenes of any manoeuvre (tiny configs) the scripts stay as drawn."""
+    train: dict[str, list[float]] = {}
+    for script, split in zip(scripts, splits, strict=True):
+        if split == "mini_train":
+            train.setdefault(script.manoeuvre, []).append(script.speed)
+    shown = {m: v for m, v in train.items() if len(v) >= 2}
+    if not shown:
+        return scripts
+    common = max(sorted(shown), key=lambda m: len(shown[m]))
+    out = []
+    for script, split in zip(scripts, splits, strict=True):
+        if split == "mini_val":
+            m = script.manoeuvre if script.manoeuvre in shown else common
+            speed = rng.uniform(min(shown[m]), max(shown[m]))
+            script = SceneScript(manoeuvre=m, speed=round(float(speed), 1))  # type: ignore[arg-type]
+        out.append(script)
     return tuple(out)
 
 
 def plan_scenes(cfg: SynthConfig) -> list[ScenePlan]:
     names = mini_scene_names(cfg.scenes)
-    scripts = cfg.scripts if cfg.scripts is not None else default_scripts(cfg.scenes, cfg.seed)
+    scripts = (
+        cfg.scripts if cfg.scripts is not None else default_scripts([split for _, split in names], cfg.seed)
+    )
     rng = stream(cfg.seed, "logs")
     plans = []
     day0 = dt.datetime(2018, 7, 23, 8, 0, 0)
