@@ -42,9 +42,10 @@ class PositiveControl:
     """Run folder name under work/runs/."""
     mode: AdapterMode = AdapterMode.BIAS
     shift: ShiftPlace = ShiftPlace.QUERY
-    tokens: int = 28
-    """T of the privileged harvest: the last prompt token and the answer's first 27 tokens, which hold the
-    3 s position (measured: T=32, which adds the speed, gives the same L2 to 0.005 m)."""
+    tokens: int = 23
+    """T of the privileged harvest: the last prompt token and the answer's first 22 tokens, which hold the
+    3 s position and side (`netroller.data.synth.drivelm._future_answer`) and, for most answers, not yet the
+    speed."""
     layers: str = "all"
     """GM layers of the privileged harvest."""
     epochs: int = 5

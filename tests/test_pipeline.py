@@ -68,6 +68,36 @@ def test_privileged_qa_keeps_only_the_question_that_states_the_future(smoke_run)
     assert answer.startswith("In 3 seconds the ego vehicle will be ") and " m/s" in answer
 
 
+def test_privileged_answers_state_the_future_in_whole_metres(smoke_run):
+    """The answer's 3 s position is the record's ground-truth one (lidar frame: x right, y ahead; the lidar
+    sits near the ego frame's origin), rounded to whole metres."""
+    import re
+
+    import numpy as np
+
+    from netroller.data.index import read_index
+
+    work, _, _ = smoke_run
+    records = {r.sample_token: r for r in read_index(work / "index.parquet").records}
+    qa = json.loads((work / "privileged_qa.json").read_text())
+    pattern = re.compile(
+        r"In 3 seconds the ego vehicle will be (\d+) m ahead and (\d+) m to the (left|right), driving at "
+        r"(\d+) m/s; after 1 and 2 seconds at \(-?\d+, -?\d+\) and \(-?\d+, -?\d+\)\."
+    )
+    checked = 0
+    for scene in qa.values():
+        for token, frame in scene["key_frames"].items():
+            m = pattern.fullmatch(frame["QA"]["planning"][0]["A"])
+            assert m, frame["QA"]["planning"][0]["A"]
+            r = records[token]
+            if not np.all(r.ego_fut_mask > 0.5):
+                continue
+            ahead, side = int(m[1]), (1 if m[3] == "left" else -1) * int(m[2])
+            assert abs(ahead - r.ego_fut_traj[-1, 1]) < 1.5 and abs(side + r.ego_fut_traj[-1, 0]) < 1.5
+            checked += 1
+    assert checked
+
+
 def test_second_run_skips_every_step(smoke_run):
     work, _, _ = smoke_run
     lines: list[str] = []

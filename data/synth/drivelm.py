@@ -36,7 +36,8 @@ CAMERA_DIRECTION = {
     "CAM_BACK_RIGHT": "back right",
 }
 # Bump when the questions or answers change (`make pipeline` regenerates the data then). 2: FUTURE_QUESTION.
-QA_VERSION = 2
+# 3: its answer in whole metres and m/s.
+QA_VERSION = 3
 MAX_KEY_OBJECTS = 3
 FUTURE_QUESTION = "Where will the ego vehicle drive in the next 3 seconds?"
 """The planning question whose answer states the ego's ground-truth future (`_future_answer`): privileged
@@ -108,17 +109,19 @@ def _behaviour(sc: Scenario, t: float) -> tuple[str, str]:
 
 
 def _future_answer(sc: Scenario, t: float) -> str:
-    """The ego's future in words and digits, in metres of the ego frame at t (x ahead, y left): where it is
-    3 s later, its speed, and where it is 1 and 2 s later (the scene's last pose where the scene ends sooner).
-    The 3 s position comes first so that a short harvest (T=28) already holds it."""
+    """The ego's future in words and whole numbers, in metres of the ego frame at t (x ahead, y left): where
+    it is 3 s later, its speed, and where it is 1 and 2 s later (the scene's last pose where the scene ends
+    sooner). The 3 s position comes first so that a short harvest (T=28) already holds it. Whole metres and
+    m/s, so that a val answer is a string training answers have (the positive control's random-weight GM has
+    no sense of numbers: its adapter can only learn what each answer's tokens mean from training)."""
     times = np.minimum(t + np.array([0.0, 1.0, 2.0, 3.0]), sc.duration)
     ego = sc.ego_poses(times)
-    fut = np.round(_ego_frame(ego[0], ego[1:, :2]), 1) + 0.0  # + 0.0: no "-0.0"
+    fut = np.round(_ego_frame(ego[0], ego[1:, :2])).astype(int)
     (x1, y1), (x2, y2), (x3, y3) = fut
     side = "left" if y3 >= 0 else "right"
     return (
-        f"In 3 seconds the ego vehicle will be {x3:.1f} m ahead and {abs(y3):.1f} m to the {side}, driving "
-        f"at {sc.script.speed:.1f} m/s; after 1 and 2 seconds at ({x1:.1f}, {y1:.1f}) and ({x2:.1f}, {y2:.1f})."
+        f"In 3 seconds the ego vehicle will be {x3} m ahead and {abs(y3)} m to the {side}, driving at "
+        f"{round(sc.script.speed)} m/s; after 1 and 2 seconds at ({x1}, {y1}) and ({x2}, {y2})."
     )
 
 
