@@ -100,6 +100,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     """The steps of the recipe, in order."""
     from netroller.data.synth import SynthConfig, generate
     from netroller.data.synth.drivelm import QA_VERSION
+    from netroller.data.synth.plan import SCRIPTS_VERSION
     from netroller.models.gm.tiny import build_tiny_gm
     from netroller.stages.evaluate import EvalConfig, evaluate
     from netroller.stages.finetune import NetRollerConfig, finetune, finetune_c1
@@ -146,7 +147,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps.append(
             Step(
                 "synth",
-                {**dataclasses.asdict(synth), "drivelm_qa_version": QA_VERSION},
+                {**dataclasses.asdict(synth), "drivelm_qa_version": QA_VERSION, "scripts": SCRIPTS_VERSION},
                 (),
                 (data,),
                 lambda: generate(synth),
