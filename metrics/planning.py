@@ -19,6 +19,7 @@ The collision metrics live in `netroller.metrics.collision` (VAD's) and `...coll
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,4 +103,22 @@ def plan_l2(samples: list[PlanningSample]) -> dict[str, float]:
         out[f"plan_L2_{n}s"] = vad
         at = [float(d[steps - 1]) for d in dists]
         out[f"plan_l2_at_{n}s"] = float(np.mean(at)) if at else float("nan")
+    return out
+
+
+def plan_l2_by_scene(samples: Sequence[PlanningSample], scenes: Sequence[str]) -> dict[str, dict]:
+    """`plan_l2_{1,2,3}s` of each scene's samples (`scenes[i]` is the scene of `samples[i]`) and the count of
+    its samples with all 6 future frames; a scene without one gets None figures. On a split of few scenes an
+    average hides what happens in each: a control can work on one scene and fail on another."""
+    by_scene: dict[str, list[PlanningSample]] = {}
+    for sample, scene in zip(samples, scenes, strict=True):
+        by_scene.setdefault(scene, []).append(sample)
+    out = {}
+    for scene, group in sorted(by_scene.items()):
+        figures = plan_l2(group)
+        n = sum(s.full_future for s in group)
+        out[scene] = {
+            **{f"plan_l2_{h}s": (figures[f"plan_l2_{h}s"] if n else None) for h in HORIZONS_S},
+            "num_planning_samples": n,
+        }
     return out

@@ -17,7 +17,7 @@ import numpy as np
 from netroller.data.index import Index, SampleRecord
 from netroller.errors import DataError
 from netroller.metrics.collision import plan_collision
-from netroller.metrics.planning import PlanningSample, plan_l2
+from netroller.metrics.planning import PlanningSample, plan_l2, plan_l2_by_scene
 
 REFERENCE_LABEL = "no model: per-command mean of the training futures"
 
@@ -42,6 +42,7 @@ def reference_metrics(index: Index, split: str = "val", max_samples: int | None 
     samples = [PlanningSample.of(r, means.get(int(r.command), overall).astype(np.float32)) for r in records]
     return {
         **plan_l2(samples),
+        "plan_l2_by_scene": plan_l2_by_scene(samples, [r.scene_name for r in records]),
         **plan_collision(samples),
         "num_samples": len(samples),
         "split": split,

@@ -18,7 +18,7 @@ from netroller.metrics.collision import plan_collision
 from netroller.metrics.collision_exact import plan_collision_exact
 from netroller.metrics.detection import detection_metrics, to_submission
 from netroller.metrics.map_ap import map_ap
-from netroller.metrics.planning import PlanningSample, plan_l2
+from netroller.metrics.planning import PlanningSample, plan_l2, plan_l2_by_scene
 
 # VAD's own result names that metrics.json carries beside ours (same values; VAD's units: the collision
 # rate a fraction, not a percentage).
@@ -59,6 +59,7 @@ def compute_metrics(
     samples = [PlanningSample.of(r, p.plan_traj) for p, r in zip(preds, recs, strict=True)]
     out: dict = {}
     out.update(plan_l2(samples))
+    out["plan_l2_by_scene"] = plan_l2_by_scene(samples, [r.scene_name for r in recs])
     out.update(plan_collision(samples))
     out.update(plan_collision_exact(samples))
     submission = work / "results_nusc.json"

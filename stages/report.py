@@ -146,6 +146,26 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _scene_avg(figures: dict | None) -> float | None:
+    values = [figures.get(f"plan_l2_{h}s") for h in (1, 2, 3)] if figures else [None]
+    return sum(values) / 3 if all(isinstance(v, (int, float)) for v in values) else None
+
+
+def scene_table(rows: Sequence[Row]) -> str:
+    """L2 avg (mean of 1, 2 and 3 s, VAD's convention) of each row on each scene of the split, as
+    `metrics.json: plan_l2_by_scene` holds it; empty when no row has it (evaluations from before)."""
+    scenes = sorted({s for r in rows for s in r.metrics.get("plan_l2_by_scene") or {}})
+    if not scenes:
+        return ""
+    lines = ["| run | kind | " + " | ".join(scenes) + " |", "|---|---|" + "---:|" * len(scenes)]
+    for r in rows:
+        by_scene = r.metrics.get("plan_l2_by_scene") or {}
+        kind = f"{r.kind} {r.lag}" if r.kind.endswith("lag") else r.kind
+        cells = " | ".join(_fmt(_scene_avg(by_scene.get(s))) for s in scenes)
+        lines.append(f"| {r.label} | {kind} | {cells} |")
+    return "\n".join(lines)
+
+
 def plot(rows: Sequence[Row], folder: Path) -> list[Path]:
     """Bar charts of L2 / collision per row, and L2 against the latent lag where a sweep exists."""
     import matplotlib
@@ -215,6 +235,8 @@ def render(
         "inputs.",
         "",
     ]
+    if per_scene := scene_table(rows):
+        lines += ["L2 avg (m, VAD) on each scene of the split:", "", per_scene, ""]
     for p in plots:
         rel = p.relative_to(base) if base is not None else p
         lines += [f"![{p.stem}]({rel})", ""]

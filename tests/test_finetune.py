@@ -256,6 +256,10 @@ def test_report_orders_baseline_variants_controls_and_lags(bias_evals, baseline,
     out = write_report([baseline, bias_run], tmp_path / "report.md")
     text = out.read_text()
     assert "| baseline | baseline |" in text and "| bias-query (lag1) | lag 1 |" in text
+    # Each val scene's L2 avg per row, from metrics.json's plan_l2_by_scene.
+    scenes = sorted({r.scene_name for r in read_index(index_path).split("val")})
+    assert "L2 avg (m, VAD) on each scene of the split:" in text
+    assert f"| run | kind | {' | '.join(scenes)} |" in text
     assert (tmp_path / "report_plots" / "planning.png").is_file()
     assert (tmp_path / "report_plots" / "lag_sweep.png").is_file()
 

@@ -18,7 +18,7 @@ from netroller.errors import DataError
 from netroller.metrics import collision, collision_exact
 from netroller.metrics.detection import detection_metrics, eval_set_for, in_vad_range, to_submission
 from netroller.metrics.map_ap import average_precision, map_ap, match_scores
-from netroller.metrics.planning import PlanningSample, plan_l2
+from netroller.metrics.planning import PlanningSample, plan_l2, plan_l2_by_scene
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 CAR = DETECTION_CLASSES.index("car")
@@ -133,6 +133,30 @@ def test_l2_skips_samples_without_all_future_frames():
     far = sample(STAND_STILL + 100.0, STAND_STILL, [])
     far = PlanningSample(**{**vars(far), "gt_mask": np.array([1, 1, 1, 1, 1, 0], np.float32)})
     assert plan_l2([sample(STAND_STILL, STAND_STILL, []), far])["plan_l2_3s"] == pytest.approx(0.0)
+
+
+def test_l2_by_scene_is_each_scenes_own_l2():
+    partial = PlanningSample(
+        **{**vars(sample(STAND_STILL, STAND_STILL, [])), "gt_mask": np.array([1, 1, 1, 1, 1, 0], np.float32)}
+    )
+    samples = [
+        sample(straight() + [1.0, 0.0], straight(), []),
+        sample(straight() + [3.0, 0.0], straight(), []),
+        sample(straight(), straight(), []),
+        partial,
+    ]
+    out = plan_l2_by_scene(samples, ["scene-b", "scene-a", "scene-b", "scene-c"])
+    assert list(out) == ["scene-a", "scene-b", "scene-c"]
+    assert out["scene-a"]["plan_l2_3s"] == pytest.approx(3.0)
+    assert out["scene-b"]["plan_l2_2s"] == pytest.approx(0.5) and out["scene-b"]["num_planning_samples"] == 2
+    assert out["scene-c"] == {
+        "plan_l2_1s": None,
+        "plan_l2_2s": None,
+        "plan_l2_3s": None,
+        "num_planning_samples": 0,
+    }
+    with pytest.raises(ValueError):
+        plan_l2_by_scene(samples, ["scene-a"])
 
 
 # ---- planning: VAD's collision (obj_box_col) ----
