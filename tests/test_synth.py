@@ -124,11 +124,12 @@ def test_val_scenes_are_drawn_within_the_training_scenes(seed):
     assert [s for s, split in zip(all_train, splits, strict=True) if split == "mini_train"] == train
 
 
-def test_val_scripts_stay_as_drawn_without_two_training_scenes_of_a_manoeuvre():
-    from netroller.data.synth.plan import default_scripts
+@pytest.mark.parametrize("scenes", [2, 4, 6])
+def test_val_scripts_stay_as_drawn_with_fewer_than_6_training_scenes(scenes):
+    from netroller.data.synth.plan import default_scripts, mini_scene_names
 
-    splits = ["mini_train", "mini_val"]
-    assert default_scripts(splits, 0) == default_scripts(["mini_train", "mini_train"], 0)
+    splits = [split for _, split in mini_scene_names(scenes)]
+    assert default_scripts(splits, 0) == default_scripts(["mini_train"] * scenes, 0)
 
 
 def test_linked_lists_and_counts_are_consistent(nusc):

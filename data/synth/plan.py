@@ -53,6 +53,7 @@ def mini_scene_names(n: int) -> list[tuple[str, str]]:
 # Bump when `default_scripts` draws other scripts (`make pipeline` regenerates the data then). 2: val scenes
 # drawn within the training scenes' manoeuvres and speeds.
 SCRIPTS_VERSION = 2
+MIN_TRAIN_SCENES = 6  # 2 per manoeuvre: fewer training scenes leave the val scenes as drawn
 
 
 def default_scripts(splits: list[str], seed: int) -> tuple[SceneScript, ...]:
@@ -79,8 +80,11 @@ def _within_training(
     scripts: tuple[SceneScript, ...], splits: list[str], rng: np.random.Generator
 ) -> tuple[SceneScript, ...]:
     """Each val scene keeps its manoeuvre where at least 2 training scenes have it (else takes the most
-    common training manoeuvre) and gets a speed drawn between those scenes' slowest and fastest. Without 2
-    training scenes of any manoeuvre (tiny configs) the scripts stay as drawn."""
+    common training manoeuvre) and gets a speed drawn between those scenes' slowest and fastest. With fewer
+    than 2 training scenes per manoeuvre (`MIN_TRAIN_SCENES`: too few to have a range) the scripts stay as
+    drawn."""
+    if sum(split == "mini_train" for split in splits) < MIN_TRAIN_SCENES:
+        return scripts
     train: dict[str, list[float]] = {}
     for script, split in zip(scripts, splits, strict=True):
         if split == "mini_train":
