@@ -92,6 +92,9 @@ class NetRollerConfig:
     """Linear warm-up length in epochs (the authors: 1); sets TrainConfig.warmup_steps from the data size."""
     init_std: float = 0.02
     """Std of the adapter's learned query, nonsensical token and layer embedding (the authors': 1.0)."""
+    zero_init: bool = True
+    """The adapter's output projection starts at zero, so a Bias fine-tune starts exactly at the baseline (the
+    authors' recipes: off, their Linear's default draw, whose first shift breaks a trained baseline)."""
     skip_damaged: bool = False
     """Cache: check every sample's checksum first and train without the damaged ones (counted), instead of
     stopping at the first; how the cache is read, not a setting of the run (not in netroller.json)."""
@@ -187,7 +190,8 @@ class Finetune:
 def c1(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int = 1, **overrides) -> Finetune:
     """`rollnet_base_c1.py`: Bias mode (1 roller), Query Shift of the BEV queries, all 32 GM layers with the
     layer embedding, T=192 (the last prompt token and up to 191 answer tokens), VAD trained too; the adapter's
-    query, nonsensical token and layer embedding drawn from N(0, 1) as theirs (nn.Embedding's default); the
+    query, nonsensical token and layer embedding drawn from N(0, 1) as theirs (nn.Embedding's default), their
+    output projection's default draw (`zero_init=False`, where ours starts at zero); the
     effective batch of 64 as `AUTHORS_BATCH / workers` accumulation steps of one sample per worker. Differs
     from theirs: the GM is not trained or run here (its latents come from the cache), fp32 instead of their
     DeepSpeed fp16."""
@@ -209,6 +213,7 @@ def c1(index: Path, out: Path, *, cache: Path, init: Path | None, workers: int =
         latent_lag=3,
         lag_policy="annotated",
         init_std=1.0,
+        zero_init=False,
     )
     return Finetune(train, nr, tokens=192)
 
@@ -349,6 +354,7 @@ def netroller_hooks(
         shift=nr.shift,
         layer_embedding=nr.layer_embedding,
         init_std=nr.init_std,
+        zero_init=nr.zero_init,
     )
     steps_per_epoch = -(-len(base) // cfg.batch_size)
     cfg = dataclasses.replace(cfg, warmup_steps=round(nr.warmup_epochs * steps_per_epoch))

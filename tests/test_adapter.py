@@ -16,7 +16,8 @@ def _latents(seed: int = 0) -> torch.Tensor:
 
 
 def _cfg(**kw) -> AdapterConfig:
-    base = dict(gm_hidden=H, gm_layers=L, out_dim=16, fuse_heads=4, dropout=0.0)
+    # The output projection drawn, not zero: these tests look at what the adapter computes.
+    base = dict(gm_hidden=H, gm_layers=L, out_dim=16, fuse_heads=4, dropout=0.0, zero_init=False)
     base.update(kw)
     return AdapterConfig(**base)
 
@@ -40,6 +41,25 @@ def test_all_masked_equals_nonsensical_only_path(mode):
     y = o + adapter.mlp(adapter.norm(o + q)) if mode == "bias" else o + adapter.mlp(adapter.norm(o)) + q
     assert torch.isfinite(masked).all()
     torch.testing.assert_close(masked, adapter.proj(y))
+
+
+@pytest.mark.parametrize("mode", ["bias", "tf"])
+def test_zero_init_starts_at_the_baseline_and_learns(mode):
+    """With `zero_init` the rollers start at zero (Bias: the shift adds nothing; TF: the fusion attends to zero
+    rollers), and the output projection gets a gradient, so the first step moves it."""
+    torch.manual_seed(0)
+    roller = NetRoller(_cfg(mode=mode, zero_init=True))
+    shift = roller.shift(_latents(), torch.full((B,), T), torch.ones(B, dtype=torch.bool))
+    assert torch.count_nonzero(shift.rollers) == 0
+    bev = torch.randn(B, 6, 16)
+    if mode == "bias":
+        torch.testing.assert_close(shift.query(bev), bev)
+    shift.query(bev).square().sum().backward() if mode == "tf" else (
+        shift.rollers * bev[:, :1]
+    ).sum().backward()
+    assert roller.adapter.proj.weight.grad.abs().sum() > 0
+    drawn = NetRoller(_cfg(mode=mode, zero_init=False))
+    assert torch.count_nonzero(drawn.adapter.proj.weight) > 0
 
 
 def test_masked_latents_do_not_change_the_output():
