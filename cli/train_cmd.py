@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
         "freeze_sm",
         "layers_used",
         "layer_embedding",
+        "zero_init",
         "skip_damaged",
         name="netroller",
         panel="NetRoller (with --cache or --online)",
