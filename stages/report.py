@@ -146,11 +146,6 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _scene_avg(figures: dict | None) -> float | None:
-    values = [figures.get(f"plan_l2_{h}s") for h in (1, 2, 3)] if figures else [None]
-    return sum(values) / 3 if all(isinstance(v, (int, float)) for v in values) else None
-
-
 def scene_table(rows: Sequence[Row]) -> str:
     """L2 avg (mean of 1, 2 and 3 s, VAD's convention) of each row on each scene of the split, as
     `metrics.json: plan_l2_by_scene` holds it; empty when no row has it (evaluations from before)."""
@@ -161,7 +156,7 @@ def scene_table(rows: Sequence[Row]) -> str:
     for r in rows:
         by_scene = r.metrics.get("plan_l2_by_scene") or {}
         kind = f"{r.kind} {r.lag}" if r.kind.endswith("lag") else r.kind
-        cells = " | ".join(_fmt(_scene_avg(by_scene.get(s))) for s in scenes)
+        cells = " | ".join(_fmt(with_averages(by_scene.get(s) or {}).get("plan_l2_avg")) for s in scenes)
         lines.append(f"| {r.label} | {kind} | {cells} |")
     return "\n".join(lines)
 
