@@ -216,6 +216,15 @@ def first_difference(got: Path, want: Path) -> str | None:
     return next((name for name in b if not np.array_equal(a[name], b[name])), None)
 
 
+def check_against_reference(res, root: Path, reference: Path, after: str) -> None:
+    """Fail `res` when the cache at `root` differs from the uninterrupted `reference` (naming the first array
+    that does), and record how many of the reference's samples it lacks."""
+    diff = first_difference(root, reference)
+    if diff is not None:
+        res.fail(f"after {after}, array {diff!r} differs from the uninterrupted cache")
+    res.samples_lost = samples_lost(root, reference)
+
+
 def samples_lost(got: Path, want: Path) -> int:
     """Samples present in `want` but absent from `got`."""
     from netroller.storage.reader import CacheReader
@@ -366,10 +375,7 @@ def harvest_kill_trial(
         ):
             res.fail(f"a second harvest during the first was not refused in one line: {probe}")
     setup.harvest(root)
-    diff = first_difference(root, setup.reference)
-    if diff is not None:
-        res.fail(f"after resume, array {diff!r} differs from the uninterrupted cache")
-    res.samples_lost = samples_lost(root, setup.reference)
+    check_against_reference(res, root, setup.reference, "resume")
     res.facts["litter"] = len(litter(root))
     res.seconds = time.perf_counter() - t0
     return res
@@ -420,10 +426,7 @@ def damaged_shard_trial(
     code, _, _ = run_cli(["cache", "verify", root])
     if code != 0:
         res.fail("cache verify still fails after the harvest re-run")
-    diff = first_difference(root, setup.reference)
-    if diff is not None:
-        res.fail(f"after repair, array {diff!r} differs from the uninterrupted cache")
-    res.samples_lost = samples_lost(root, setup.reference)
+    check_against_reference(res, root, setup.reference, "repair")
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -484,10 +487,7 @@ def sample_bitflip_trial(setup: HarvestSetup, root: Path, *, trial: int, seed: i
     code, _, err = run_cli(setup.argv(root))
     if code != 0:
         return res.fail(f"the harvest re-run failed (exit {code}): {err.strip()}")
-    diff = first_difference(root, setup.reference)
-    if diff is not None:
-        res.fail(f"after repair, array {diff!r} differs from the uninterrupted cache")
-    res.samples_lost = samples_lost(root, setup.reference)
+    check_against_reference(res, root, setup.reference, "repair")
     res.seconds = time.perf_counter() - t0
     return res
 
